@@ -1,0 +1,127 @@
+"""Building blocks shared by every network: instance norm, activations, conv blocks, upsampling.
+
+All layers are Keras 3 layers, channels-last ([B, D, H, W, C]), with their sublayers created in
+``__init__`` and a ``get_config`` that round-trips.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+ACTIVATIONS = {
+    # NiftyNet's leaky ReLU: (0.5 + a) x + (0.5 - a) |x| with a = 0.01, i.e. slope 0.02 for x < 0.
+    "leakyrelu": lambda x: tf.nn.leaky_relu(x, alpha=0.02),
+    "relu": tf.nn.relu,
+    "prelu": lambda x: tf.nn.leaky_relu(x, alpha=0.25),  # fixed-slope stand-in; documented in the README
+    "elu": tf.nn.elu,
+    "selu": tf.nn.selu,
+    "softplus": tf.nn.softplus,
+    "sigmoid": tf.nn.sigmoid,
+    "tanh": tf.nn.tanh,
+}
+
+
+def get_activation(name: str):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+
+
+class InstanceNorm(keras.layers.Layer):
+    """Instance normalisation over the spatial axes of a channels-last 3-D tensor, with a learned
+    per-channel scale and offset (NiftyNet's ``InstanceNormLayer``)."""
+
+    def __init__(self, epsilon: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+
+    def call(self, x):
+        # Statistics in float32 even under mixed precision.
+        x32 = tf.cast(x, tf.float32)
+        mean, var = tf.nn.moments(x32, axes=[1, 2, 3], keepdims=True)
+        scale = tf.math.rsqrt(var + self.epsilon) * tf.cast(self.gamma, tf.float32)
+        y = x32 * scale + (tf.cast(self.beta, tf.float32) - mean * scale)
+        return tf.cast(y, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+class ConvBlock(keras.layers.Layer):
+    """Two (instance norm -> activation -> 3x3x3 conv) units, no residual (U-HVED's block).
+
+    ``widths`` gives the output channels of the two convolutions, e.g. ``(32, 16)`` for the first
+    decoder block of U-HVED.
+    """
+
+    def __init__(self, widths=(8, 8), activation: str = "leakyrelu", kernel_size: int = 3,
+                 weight_decay: float = 0.0, reg_type: str = "L2", **kwargs):
+        super().__init__(**kwargs)
+        self.widths = tuple(int(w) for w in widths)
+        self.activation = activation
+        self.kernel_size = kernel_size
+        self.weight_decay = weight_decay
+        self.reg_type = reg_type
+        self._act = get_activation(activation)
+        self.norms = [InstanceNorm(name=f"in_{i}") for i in range(len(self.widths))]
+        self.convs = [
+            keras.layers.Conv3D(w, kernel_size, padding="same", name=f"conv_{i}",
+                                kernel_initializer="he_normal",
+                                kernel_regularizer=make_regularizer(weight_decay, reg_type))
+            for i, w in enumerate(self.widths)
+        ]
+
+    def call(self, x):
+        for norm, conv in zip(self.norms, self.convs):
+            x = conv(self._act(norm(x)))
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "widths": self.widths, "activation": self.activation,
+                "kernel_size": self.kernel_size, "weight_decay": self.weight_decay,
+                "reg_type": self.reg_type}
+
+
+def make_regularizer(weight_decay: float, reg_type: str = "L2"):
+    """NiftyNet's weight decay: ``decay * sum(w**2) / 2`` (L2) or ``decay * sum(|w|)`` (L1)."""
+    if not weight_decay:
+        return None
+    if reg_type.upper() == "L1":
+        return keras.regularizers.L1(weight_decay)
+    return keras.regularizers.L2(weight_decay / 2.0)
+
+
+def upsample2x_trilinear(x):
+    """Exact 2x trilinear upsampling (half-pixel centres, edge clamped) of [B, D, H, W, C].
+
+    For output voxel 2i the value is 0.75 x[i] + 0.25 x[i-1]; for 2i+1 it is 0.75 x[i] + 0.25 x[i+1]
+    (the same as ``tf.image.resize(..., 'bilinear')`` per axis). Written with slices so that it
+    runs as a handful of cheap element-wise ops on any device.
+    """
+    for axis in (1, 2, 3):
+        prev = tf.concat([_take(x, axis, 0, 1), _take(x, axis, 0, -1)], axis=axis)
+        nxt = tf.concat([_take(x, axis, 1, None), _take(x, axis, -1, None)], axis=axis)
+        even = 0.75 * x + 0.25 * prev
+        odd = 0.75 * x + 0.25 * nxt
+        stacked = tf.stack([even, odd], axis=axis + 1)
+        shape = tf.shape(x)
+        new_shape = tf.tensor_scatter_nd_update(shape, [[axis]], [shape[axis] * 2])
+        static = x.shape.as_list()
+        x = tf.reshape(stacked, new_shape)
+        if static[axis] is not None:
+            static[axis] *= 2
+        x.set_shape(static)
+    return x
+
+
+def _take(x, axis, start, stop):
+    index = [slice(None)] * 5
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]

@@ -1,0 +1,81 @@
+"""Per-modality convolutional encoders.
+
+Each modality has its own encoder (no weight sharing): a 1x1x1 convolution to ``base_width``
+channels with an activation, then ``levels`` conv blocks of widths base*(1, 2, 4, 8, ...) with 2x2x2
+max-pooling between them. The output of every block is one scale of the representation.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from uhved_tf.model.blocks import ConvBlock, get_activation, make_regularizer
+
+
+class ModalityEncoder(keras.layers.Layer):
+    """Encodes one single-channel image [B, D, H, W, 1] into ``levels`` feature maps, finest first."""
+
+    def __init__(self, base_width: int = 8, levels: int = 4, activation: str = "leakyrelu",
+                 weight_decay: float = 0.0, reg_type: str = "L2", **kwargs):
+        super().__init__(**kwargs)
+        self.base_width = base_width
+        self.levels = levels
+        self.activation = activation
+        self.weight_decay = weight_decay
+        self.reg_type = reg_type
+        self._act = get_activation(activation)
+        self.stem = keras.layers.Conv3D(base_width, 1, name="conv_0", kernel_initializer="he_normal",
+                                        kernel_regularizer=make_regularizer(weight_decay, reg_type))
+        self.blocks = [
+            ConvBlock((base_width * 2**k,) * 2, activation=activation, weight_decay=weight_decay,
+                      reg_type=reg_type, name=f"block_{k + 1}")
+            for k in range(levels)
+        ]
+        self.pool = keras.layers.MaxPooling3D(pool_size=2, strides=2, name="pool")
+
+    def call(self, x):
+        x = self._act(self.stem(x))
+        features = []
+        for k, block in enumerate(self.blocks):
+            if k > 0:
+                # float16 MaxPool3D has no CPU kernel: pool in float32 under mixed precision.
+                x = tf.cast(self.pool(tf.cast(x, tf.float32)), self.compute_dtype)
+            x = block(x)
+            features.append(x)
+        return features
+
+    def get_config(self):
+        return {**super().get_config(), "base_width": self.base_width, "levels": self.levels,
+                "activation": self.activation, "weight_decay": self.weight_decay,
+                "reg_type": self.reg_type}
+
+
+class MultiModalEncoder(keras.layers.Layer):
+    """One :class:`ModalityEncoder` per modality; returns per level a tensor [B, d, h, w, M, C]
+    with the modalities stacked on axis -2 (the layout :mod:`uhved_tf.model.fusion` expects)."""
+
+    def __init__(self, num_modalities: int, base_width: int = 8, levels: int = 4,
+                 activation: str = "leakyrelu", weight_decay: float = 0.0, reg_type: str = "L2",
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.num_modalities = num_modalities
+        self.base_width = base_width
+        self.levels = levels
+        self.activation = activation
+        self.weight_decay = weight_decay
+        self.reg_type = reg_type
+        self.encoders = [
+            ModalityEncoder(base_width, levels, activation, weight_decay, reg_type, name=f"encoder_{m}")
+            for m in range(num_modalities)
+        ]
+
+    def call(self, image):
+        per_modality = [enc(image[..., m:m + 1]) for m, enc in enumerate(self.encoders)]
+        return [tf.stack([feats[k] for feats in per_modality], axis=-2) for k in range(self.levels)]
+
+    def get_config(self):
+        return {**super().get_config(), "num_modalities": self.num_modalities,
+                "base_width": self.base_width, "levels": self.levels,
+                "activation": self.activation, "weight_decay": self.weight_decay,
+                "reg_type": self.reg_type}

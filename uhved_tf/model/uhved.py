@@ -1,0 +1,137 @@
+"""U-HVED: hetero-modal variational encoder-decoder (Dorent et al., MICCAI 2019).
+
+Four (one per modality) encoders give a Gaussian expert per modality at ``levels`` scales (the
+first half of each block's channels is the mean, the second half the log-variance, clipped to
+``[-logvar_clip, logvar_clip]``). At each scale the experts of the available modalities are fused
+with the N(0, I) prior (:func:`uhved_tf.model.fusion.product_of_gaussians`), a latent sample is
+drawn (training; reparameterised) or the posterior mean taken, and five U-Net decoders (one per
+modality + the segmentation) decode the multi-scale latent.
+
+Inference is split into ``encode`` / ``fuse`` / ``decode_*`` so that the encoders run once per
+window and any number of subsets and posterior samples reuse the encodings.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from uhved_tf.model.base import BaseNetwork, entropy
+from uhved_tf.model.decoders import UNetDecoder
+from uhved_tf.model.encoders import MultiModalEncoder
+from uhved_tf.model.fusion import posterior_distribution, product_of_gaussians
+
+
+class UHVED(BaseNetwork):
+    synthesises = True
+    variational = True
+
+    def __init__(self, modalities, num_classes: int, base_width: int = 8, levels: int = 4,
+                 activation: str = "leakyrelu", logvar_clip: float = 50.0,
+                 weight_decay: float = 0.0, reg_type: str = "L2", **kwargs):
+        super().__init__(modalities, num_classes, **kwargs)
+        if base_width < 2 or base_width % 2:
+            raise ValueError(f"base_width must be an even number >= 2 (mean and log-variance halves), got {base_width}")
+        self.base_width = int(base_width)
+        self.levels = int(levels)
+        self.activation = activation
+        self.logvar_clip = float(logvar_clip)
+        self.weight_decay = float(weight_decay)
+        self.reg_type = reg_type
+        common = dict(base_width=base_width, levels=levels, activation=activation,
+                      weight_decay=weight_decay, reg_type=reg_type)
+        self.encoder = MultiModalEncoder(len(self.modalities), name="encoders", **common)
+        # Decoders see latent samples of widths base/2 * 2^k; their blocks use U-HVED's widths.
+        self.seg_decoder = UNetDecoder(num_classes, name="decoder_seg", **common)
+        self.image_decoders = [UNetDecoder(1, name=f"decoder_{m}", **common) for m in self.modalities]
+
+    @classmethod
+    def from_settings(cls, modalities, num_classes, network_settings):
+        return cls(modalities=modalities, num_classes=num_classes,
+                   base_width=network_settings.base_width, levels=network_settings.levels,
+                   activation=network_settings.activation_function,
+                   logvar_clip=network_settings.logvar_clip, weight_decay=network_settings.decay,
+                   reg_type=network_settings.reg_type)
+
+    # --- the steps -------------------------------------------------------------------------
+    def encode(self, image):
+        """[B, D, H, W, M] -> per scale ``(mu, logvar)``, each [B, d, h, w, M, C]."""
+        encodings = []
+        for feats in self.encoder(image):
+            half = feats.shape[-1] // 2
+            mu = tf.cast(feats[..., :half], tf.float32)
+            logvar = tf.clip_by_value(tf.cast(feats[..., half:], tf.float32),
+                                      -self.logvar_clip, self.logvar_clip)
+            encodings.append((mu, logvar))
+        return encodings
+
+    @staticmethod
+    def fuse(encodings, modality_mask):
+        """Per scale posterior ``(loc, logvar)`` over the modalities in ``modality_mask`` [B, M]."""
+        return [product_of_gaussians(mu, logvar, modality_mask) for mu, logvar in encodings]
+
+    @staticmethod
+    def sample(posteriors, seed, num_samples=None):
+        """Reparameterised samples z = loc + sigma * eps of every scale (stateless, from ``seed``).
+
+        ``num_samples`` None gives one sample with the posterior's shape; an int N gives
+        [N * B, ...] (sample-major), ready for one batched decoder call.
+        """
+        seeds = tfp.random.split_seed(seed, n=len(posteriors))
+        zs = []
+        for (loc, logvar), s in zip(posteriors, seeds):
+            q = posterior_distribution(loc, logvar)
+            if num_samples is None:
+                zs.append(q.sample(seed=s))
+            else:
+                z = q.sample(num_samples, seed=s)
+                zs.append(tf.reshape(z, tf.concat([[-1], tf.shape(loc)[1:]], axis=0)))
+        return zs
+
+    def decode_seg(self, zs):
+        return self.seg_decoder([tf.cast(z, self.compute_dtype) for z in zs])
+
+    def decode_images(self, zs):
+        zs = [tf.cast(z, self.compute_dtype) for z in zs]
+        return tf.concat([dec(zs) for dec in self.image_decoders], axis=-1)
+
+    # --- Keras entry points ----------------------------------------------------------------
+    def call(self, inputs, training=False, seed=None):
+        posteriors = self.fuse(self.encode(inputs["image"]), inputs["modality_mask"])
+        if training:
+            if seed is None:
+                seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+            zs = self.sample(posteriors, seed)
+        else:
+            zs = [loc for loc, _ in posteriors]
+        return {
+            "seg_logits": self.decode_seg(zs),
+            "recon": self.decode_images(zs),
+            "posterior_loc": [loc for loc, _ in posteriors],
+            "posterior_logvar": [logvar for _, logvar in posteriors],
+        }
+
+    def predict_from_posteriors(self, posteriors, samples: int = 0, seed=None):
+        """Segmentation from ``samples`` posterior samples (averaged softmax; 0 = the posterior
+        mean) and synthesis of every modality from the posterior mean."""
+        means = [loc for loc, _ in posteriors]
+        synth = self.decode_images(means)
+        if samples and samples > 0:
+            if seed is None:
+                seed = tf.constant([0, 0], tf.int32)
+            batch = tf.shape(means[0])[0]
+            logits = self.decode_seg(self.sample(posteriors, seed, num_samples=samples))
+            prob = tf.nn.softmax(logits, axis=-1)
+            prob = tf.reshape(prob, tf.concat([[samples, batch], tf.shape(prob)[1:]], axis=0))
+            prob = tf.reduce_mean(prob, axis=0)
+        else:
+            prob = tf.nn.softmax(self.decode_seg(means), axis=-1)
+        return {"seg_prob": prob, "synth": synth, "uncertainty": entropy(prob)}
+
+    def predict_windows(self, image, modality_mask, samples: int = 0, seed=None):
+        return self.predict_from_posteriors(self.fuse(self.encode(image), modality_mask), samples, seed)
+
+    def get_config(self):
+        return {**super().get_config(), "base_width": self.base_width, "levels": self.levels,
+                "activation": self.activation, "logvar_clip": self.logvar_clip,
+                "weight_decay": self.weight_decay, "reg_type": self.reg_type}
