@@ -77,7 +77,7 @@ class UHVED(BaseNetwork):
         ``num_samples`` None gives one sample with the posterior's shape; an int N gives
         [N * B, ...] (sample-major), ready for one batched decoder call.
         """
-        seeds = tfp.random.split_seed(seed, n=len(posteriors))
+        seeds = tfp.random.split_seed(tf.cast(seed, tf.int32), n=len(posteriors))
         zs = []
         for (loc, logvar), s in zip(posteriors, seeds):
             q = posterior_distribution(loc, logvar)

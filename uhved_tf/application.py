@@ -1,0 +1,375 @@
+"""The application: wires config -> data -> model -> losses -> training -> inference -> evaluation.
+
+Each step is a hook (``discover``, ``build_dataset``, ``build_model``, ``build_trainer``,
+``predict_case``...) so that a variant overrides one hook, not a 500-line class. The model
+directory is self-describing: ``config_resolved.ini``, ``metadata.json`` (modality order, label
+map, network, window, versions), ``dataset_split.csv``, ``checkpoints/``, ``logs/`` and
+``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from uhved_tf import __version__
+from uhved_tf.config import Config
+from uhved_tf.data.cases import Case, PreprocessSettings, load_case
+from uhved_tf.data import preprocessing as pp
+from uhved_tf.data.subsets import all_subsets, subset_masks, subset_name
+from uhved_tf.errors import ConfigError, DataError, UhvedError
+from uhved_tf.io.discovery import InputSpec, find_subjects, load_or_create_split, subjects_in
+
+log = logging.getLogger(__name__)
+
+METADATA_NAME = "metadata.json"
+# Settings that must not change between training and inference / resuming.
+_MODEL_KEYS = ("network", "modalities", "label_values", "num_classes", "base_width", "levels")
+
+
+def parse_subsets(text: str, modalities) -> list[tuple[str, ...]]:
+    """Subsets separated by ";", each ``"all"`` (the 15 subsets), ``"full"``, ``"singles"`` or a
+    comma list such as ``"T1c,Flair"``; e.g. ``"full;singles"`` or ``"T1c,Flair;T2"``."""
+    lookup = {m.lower(): m for m in modalities}
+    aliases = {"t1ce": "t1c", "fl": "flair"}
+    keywords = {
+        "all": [tuple(modalities[i] for i in s) for s in all_subsets(len(modalities))],
+        "full": [tuple(modalities)],
+        "singles": [(m,) for m in modalities],
+    }
+    out: list[tuple[str, ...]] = []
+    for part in (text or "").split(";"):
+        names = [p.strip() for p in part.split(",") if p.strip()]
+        if not names:
+            continue
+        if len(names) == 1 and names[0].lower() in keywords:
+            found = keywords[names[0].lower()]
+        else:
+            subset = []
+            for n in names:
+                key = aliases.get(n.lower(), n.lower())
+                if key not in lookup:
+                    raise ConfigError(f'unknown modality "{n}" in subset "{part.strip()}"; expected names from '
+                                      f"{', '.join(modalities)} (or all / full / singles)")
+                subset.append(lookup[key])
+            found = [tuple(m for m in modalities if m in subset)]
+        out.extend(s for s in found if s not in out)
+    if not out:
+        raise ConfigError(f'no modality subset in "{text}"; e.g. "T1c,Flair;T2" or "all"')
+    return out
+
+
+class Application:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.model_dir = Path(cfg.system.model_dir)
+        self._predictors: dict = {}
+
+    # --- data --------------------------------------------------------------------------------
+    def preprocess_settings(self) -> PreprocessSettings:
+        landmarks = None
+        if self.cfg.network.normalisation:
+            from uhved_tf.data.histogram import read_landmarks
+            landmarks = read_landmarks(self.histogram_file(), self.cfg.modalities)
+        return PreprocessSettings.from_config(self.cfg, landmarks=landmarks)
+
+    def histogram_file(self) -> Path:
+        return Path(self.cfg.network.histogram_ref_file)
+
+    def input_specs(self) -> list[InputSpec]:
+        specs = []
+        for inp in self.cfg.inputs.values():
+            specs.append(InputSpec(name=inp.name, path_to_search=tuple(inp.path_to_search),
+                                   filename_contains=tuple(inp.filename_contains),
+                                   filename_not_contains=tuple(inp.filename_not_contains),
+                                   filename_removefromid=inp.filename_removefromid,
+                                   csv_file=inp.csv_file))
+        return specs
+
+    def discover(self, need_label: bool):
+        cfg = self.cfg
+        label = cfg.label_section
+        if cfg.training.allow_missing_modalities or not need_label:
+            required = [label] if (need_label and label) else []
+            optional = list(cfg.modalities) + ([label] if (label and not need_label) else [])
+        else:
+            required = list(cfg.modalities) + ([label] if need_label and label else [])
+            optional = []
+        specs = [s for s in self.input_specs() if s.name in set(required) | set(optional)]
+        subjects = find_subjects(specs, required=required, optional=optional)
+        if not need_label or not cfg.training.allow_missing_modalities:
+            pass
+        return subjects
+
+    def split(self, subjects) -> dict[str, str]:
+        t = self.cfg.training
+        return load_or_create_split([s.id for s in subjects], Path(self.cfg.system.dataset_split_file),
+                                    t.exclude_fraction_for_validation, t.exclude_fraction_for_inference,
+                                    self.cfg.system.seed)
+
+    def load_case(self, subject, settings: PreprocessSettings | None = None, with_label=True) -> Case:
+        settings = settings or self.preprocess_settings()
+        return load_case(subject.id, subject.files, settings, with_label=with_label,
+                         label_key=self.cfg.label_section)
+
+    def build_dataset(self, subjects, start_iteration: int = 0):
+        from uhved_tf.data.sampler import make_training_dataset
+
+        cfg = self.cfg
+        settings = self.preprocess_settings()
+        if cfg.network.window_sampling not in ("uniform",):
+            log.warning("[NETWORK] window_sampling = %s is not available yet; sampling uniformly",
+                        cfg.network.window_sampling)
+
+        def load(i):
+            case = self.load_case(subjects[i], settings)
+            if case.label is None:
+                raise DataError(f"subject {subjects[i].id}: no label file; training needs one")
+            if case.data_mask.sum() == 0:
+                raise DataError(f"subject {subjects[i].id}: no modality available")
+            return case.image, case.label.astype(np.int32), case.data_mask
+
+        flips = tuple(a for a in cfg.training.random_flipping_axes if a >= 0)
+        return make_training_dataset(
+            load, len(subjects), num_modalities=len(cfg.modalities), window=cfg.spatial_window_size,
+            batch_size=cfg.network.batch_size, sample_per_volume=cfg.training.sample_per_volume,
+            queue_length=cfg.network.queue_length, seed=cfg.system.seed,
+            policy=cfg.training.subset_policy, prior=cfg.training.subset_prior or None,
+            flip_axes=flips, start_iteration=start_iteration, num_parallel=cfg.system.num_threads)
+
+    # --- model -------------------------------------------------------------------------------
+    def build_model(self):
+        from uhved_tf.model.registry import get_network_class
+
+        cfg = self.cfg
+        cls = get_network_class(cfg.network.name)
+        model = cls.from_settings(cfg.modalities, cfg.task.num_classes, cfg.network)
+        window = cfg.spatial_window_size
+        import tensorflow as tf
+        model({"image": tf.zeros((1, *window, len(cfg.modalities))),
+               "modality_mask": tf.ones((1, len(cfg.modalities)))}, training=False)
+        return model
+
+    def metadata(self) -> dict:
+        import tensorflow as tf
+        cfg = self.cfg
+        return {
+            "uhved_tf_version": __version__,
+            "tensorflow_version": tf.__version__,
+            "network": cfg.network.name,
+            "modalities": list(cfg.modalities),
+            "label_values": list(cfg.task.label_values),
+            "num_classes": cfg.task.num_classes,
+            "base_width": cfg.network.base_width,
+            "levels": cfg.network.levels,
+            "window": list(cfg.spatial_window_size),
+            "preprocessing": {
+                "axcodes": list(cfg.modality_inputs[0].axcodes),
+                "pixdim": list(cfg.modality_inputs[0].pixdim),
+                "whitening": cfg.network.whitening,
+                "normalise_foreground_only": cfg.network.normalise_foreground_only,
+                "foreground_type": cfg.network.foreground_type,
+                "normalisation": cfg.network.normalisation,
+                "histogram_ref_file": str(self.histogram_file()) if cfg.network.normalisation else None,
+                "volume_padding_size": list(cfg.network.volume_padding_size),
+            },
+        }
+
+    def check_metadata(self) -> dict | None:
+        path = self.model_dir / METADATA_NAME
+        if not path.exists():
+            return None
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: unreadable model metadata ({exc})") from None
+        now = self.metadata()
+        for key in _MODEL_KEYS:
+            if saved.get(key) != now.get(key):
+                raise ConfigError(
+                    f"{path}: the model in {self.model_dir} was trained with {key} = {saved.get(key)!r} but the "
+                    f"config says {now.get(key)!r}; use the training config or another model_dir")
+        return saved
+
+    # --- training ----------------------------------------------------------------------------
+    def train(self, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+        import tensorflow as tf
+        from uhved_tf.losses import LossWeights
+        from uhved_tf.training.trainer import TrainSettings, Trainer, latest_iteration
+
+        cfg = self.cfg
+        latest = latest_iteration(self.model_dir) if self.model_dir.exists() else None
+        start = cfg.training.starting_iter
+        if start == -1 or resume:
+            start = latest or 0
+        if latest is not None and start == 0 and not resume:
+            if not overwrite:
+                raise UhvedError(
+                    f"{self.model_dir} already has checkpoints up to iteration {latest}; pass --resume to continue "
+                    f"(or set [TRAINING] starting_iter = -1), or --overwrite to start again and delete them")
+            import shutil
+            for sub in ("checkpoints", "logs"):
+                shutil.rmtree(self.model_dir / sub, ignore_errors=True)
+            for f in ("metrics.csv", METADATA_NAME):
+                (self.model_dir / f).unlink(missing_ok=True)
+            latest = None
+        if start > 0:
+            self.check_metadata()
+        if start > 0 and latest is None:
+            raise UhvedError(f"[TRAINING] starting_iter = {start} but {self.model_dir} has no checkpoint")
+        if start >= cfg.training.max_iter:
+            log.info("already at iteration %d >= max_iter %d: nothing to train", start, cfg.training.max_iter)
+            return {}
+
+        subjects = self.discover(need_label=True)
+        split = self.split(subjects)
+        train_ids = set(subjects_in(split, "Training"))
+        train_subjects = [s for s in subjects if s.id in train_ids]
+        if not train_subjects:
+            raise DataError(f"no training subjects in {cfg.system.dataset_split_file}")
+        log.info("%d training subjects, %d validation, %d inference", len(train_subjects),
+                 len(subjects_in(split, "Validation")), len(subjects_in(split, "Inference")))
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        cfg.write_resolved(self.model_dir)
+        if cfg.network.normalisation and not self.histogram_file().exists():
+            from uhved_tf.data.histogram import train_landmarks_for_subjects
+            train_landmarks_for_subjects(self, train_subjects)
+        (self.model_dir / METADATA_NAME).write_text(json.dumps(self.metadata(), indent=2))
+
+        strategy = make_strategy(cfg.system.distribution_strategy)
+        with strategy.scope():
+            model = self.build_model()
+        trainer = Trainer(model, TrainSettings(
+            max_iter=cfg.training.max_iter, lr=cfg.training.lr, lr_decay_factor=cfg.training.lr_decay_factor,
+            lr_decay_every=cfg.training.lr_decay_every, save_every_n=cfg.training.save_every_n,
+            max_checkpoints=cfg.training.max_checkpoints, tensorboard_every_n=cfg.training.tensorboard_every_n,
+            optimiser=cfg.training.optimiser, seed=cfg.system.seed, num_classes=cfg.task.num_classes,
+            loss_weights=LossWeights.from_training_settings(cfg.training)), self.model_dir, strategy)
+        if start > 0:
+            got = trainer.restore(start if start != latest else None)
+            start = got
+        dataset = self.build_dataset(train_subjects, start_iteration=start)
+        t0 = time.perf_counter()
+        terms = trainer.fit(dataset, start_iteration=start, progress=progress)
+        log.info("trained iterations %d..%d in %.1f s", start, cfg.training.max_iter, time.perf_counter() - t0)
+        return terms
+
+    # --- inference ---------------------------------------------------------------------------
+    def load_trained_model(self):
+        import tensorflow as tf
+        from uhved_tf.training.trainer import checkpoint_dir
+
+        if self.check_metadata() is None:
+            raise UhvedError(f"{self.model_dir} has no trained model ({METADATA_NAME} missing); run "
+                             f"`uhved_tf train -c CONFIG` first or point [SYSTEM] model_dir at a model")
+        model = self.build_model()
+        it = self.cfg.inference.inference_iter
+        ckdir = checkpoint_dir(self.model_dir)
+        path = tf.train.latest_checkpoint(str(ckdir)) if it < 0 else str(ckdir / f"ckpt-{it}")
+        if path is None or not Path(path + ".index").exists():
+            raise UhvedError(f"no checkpoint {'(latest)' if it < 0 else it} in {ckdir}")
+        tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        log.info("loaded %s", path)
+        return model
+
+    def inference_window(self):
+        return tuple(self.cfg.inference.spatial_window_size or self.cfg.spatial_window_size)
+
+    def predict_case(self, model, case: Case, subsets, progress=None) -> list[dict]:
+        from uhved_tf.inference.predictor import WindowPredictor, predict_volume
+
+        masks = []
+        for subset in subsets:
+            m = np.array([1.0 if mod in subset else 0.0 for mod in self.cfg.modalities], np.float32)
+            m = m * case.data_mask   # a missing file is a missing modality
+            if m.sum() == 0:
+                raise DataError(f"subject {case.id}: none of {list(subset)} is available "
+                                f"(files: {sorted(k for k in case.files if case.files[k])})")
+            masks.append(m)
+        inf = self.cfg.inference
+        masks = np.stack(masks)
+        key = (id(model), masks.tobytes())
+        if key not in self._predictors:
+            self._predictors[key] = WindowPredictor(model, masks, samples=inf.samples, seed=self.cfg.system.seed)
+        return predict_volume(self._predictors[key], case.image, self.inference_window(), overlap=inf.window_overlap,
+                              blend_mode=inf.blend_mode, border=tuple(inf.border),
+                              batch_size=max(1, self.cfg.network.batch_size), progress=progress)
+
+    def write_outputs(self, case: Case, result: dict, out_dir: Path, overwrite=False) -> list[Path]:
+        from uhved_tf.io.nifti import save_like
+
+        label_values = self.cfg.task.label_values
+        written = []
+        classes = np.argmax(result["seg_prob"], axis=-1)
+        seg = pp.unmap_labels(pp.uncrop(classes.astype(np.int32), case.box, fill=0), label_values)
+        targets = [(out_dir / f"{case.id}_seg.nii.gz", seg, np.uint8, 0)]
+        if "synth" in result:
+            for i, m in enumerate(self.cfg.modalities):
+                vol = pp.uncrop(result["synth"][..., i].astype(np.float32), case.box, fill=0.0)
+                targets.append((out_dir / f"{case.id}_{m}_synth.nii.gz", vol, np.float32, 1))
+        if self.cfg.inference.save_uncertainty:
+            targets.append((out_dir / f"{case.id}_uncertainty.nii.gz",
+                            pp.uncrop(result["uncertainty"].astype(np.float32), case.box), np.float32, 1))
+        if self.cfg.inference.output_prob or self.cfg.task.output_prob:
+            prob = pp.uncrop(result["seg_prob"].astype(np.float32), case.box)
+            targets.append((out_dir / f"{case.id}_prob.nii.gz", prob, np.float32, 1))
+        if not overwrite:
+            existing = [str(p) for p, *_ in targets if p.exists()]
+            if existing:
+                raise DataError(f"{existing[0]} exists (and {len(existing) - 1} more outputs); "
+                                f"pass --overwrite to replace them or choose another output folder")
+        for path, arr, dtype, order in targets:
+            written.append(save_like(arr, case.geometry, path, dtype=dtype, interp_order=order, overwrite=True))
+        return written
+
+    def run_inference(self, subjects, subsets, out_dir: Path, overwrite=False, progress=True) -> dict:
+        from uhved_tf.training.progress import Progress
+
+        model = self.load_trained_model()
+        settings = self.preprocess_settings()
+        out_dir = Path(out_dir)
+        failed = {}
+        bar = Progress(len(subjects), desc="inference", enabled=progress)
+        for subject in subjects:
+            t0 = time.perf_counter()
+            try:
+                case = self.load_case(subject, settings, with_label=False)
+                results = self.predict_case(model, case, subsets)
+                for subset, res in zip(subsets, results):
+                    target = out_dir if len(subsets) == 1 else out_dir / "+".join(subset)
+                    self.write_outputs(case, res, target, overwrite=overwrite)
+                    vols = _volumes(res, case, self.cfg.task.label_values)
+                    log.info("%s [%s] %.1f s: whole %.1f mL, core %.1f mL, enhancing %.1f mL", case.id,
+                             "+".join(subset), time.perf_counter() - t0, vols["whole"], vols["core"],
+                             vols["enhancing"])
+            except UhvedError as exc:
+                failed[subject.id] = str(exc)
+                log.error("%s: %s", subject.id, exc)
+            bar.update(1, subject.id)
+        bar.close()
+        return failed
+
+    # --- evaluation --------------------------------------------------------------------------
+    def evaluate(self, subsets, phase: str = "Inference", out_dir: Path | None = None, progress=True):
+        from uhved_tf.evaluation.report import evaluate_subjects
+        return evaluate_subjects(self, subsets, phase=phase, out_dir=out_dir, progress=progress)
+
+
+def _volumes(res, case, label_values):
+    from uhved_tf.evaluation.metrics import volumes_ml
+    classes = np.argmax(res["seg_prob"], axis=-1)
+    return volumes_ml(pp.unmap_labels(classes, label_values, dtype=np.int32), case.spacing)
+
+
+def make_strategy(name: str):
+    import tensorflow as tf
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()

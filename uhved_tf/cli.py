@@ -1,0 +1,236 @@
+"""Command line: ``uhved_tf {train,inference,evaluate,demo-data} -c CONFIG [overrides]``.
+
+Before TensorFlow is imported, the CLI turns oneDNN on for CPU runs unless the user chose
+(``TF_ENABLE_ONEDNN_OPTS`` already set): measured 3.7x faster U-HVED training steps on an AVX2
+CPU where TensorFlow leaves it off. It also quiets TensorFlow's C++ start-up logging unless
+``TF_CPP_MIN_LOG_LEVEL`` is set. Importing :mod:`uhved_tf` itself changes nothing.
+
+User errors (:class:`uhved_tf.errors.UhvedError`) print one line and exit 2; Ctrl-C exits 130
+after training saved a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("uhved_tf")
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _prepare_environment() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+
+
+_TF_NOISE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ")
+
+
+def _import_tensorflow_quietly(verbose: bool) -> None:
+    """Import TensorFlow with its C++ start-up INFO lines (oneDNN notice, 'no CUDA driver')
+    filtered out; ``TF_CPP_MIN_LOG_LEVEL`` cannot silence them because absl logs them before it
+    is initialised. Anything else TensorFlow prints is passed through."""
+    if verbose:
+        import tensorflow  # noqa: F401
+        return
+    import tempfile
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+            import tensorflow_probability  # noqa: F401
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if not line.startswith(_TF_NOISE) and "cuInit" not in line:
+                    print(line, file=sys.stderr)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", required=True, help="INI configuration file")
+    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="SECTION.key=value",
+                   help="override any key, e.g. --set TRAINING.max_iter=10 (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uhved_tf",
+        description="U-HVED brain-tumour segmentation and modality completion from any subset of "
+                    "T1, T1c, T2, FLAIR. NiftyNet-style overrides: any key unique across sections "
+                    "can be given as --key value (e.g. --max_iter 10).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a network from the config")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in model_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in a model_dir that has checkpoints (deletes them)")
+
+    p = sub.add_parser("inference", help="segment and synthesise: the config's Inference split, or one case")
+    _add_config_args(p)
+    p.add_argument("--modalities", help="modalities given to the model, e.g. T1c,Flair (default: config)")
+    p.add_argument("-o", "--output", help="output folder (default: [INFERENCE] save_seg_dir)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--dataset", choices=["inference", "validation", "training", "all"], default=None,
+                   help="which split to segment (default: [INFERENCE] dataset_to_infer or inference)")
+    p.add_argument("--subject-id", help="output name for a single case given by modality flags")
+    for m in ("t1", "t1c", "t2", "flair"):
+        p.add_argument(f"--{m}", metavar="NIFTI", help=f"{m.upper()} image of a single case")
+
+    p = sub.add_parser("evaluate", help="Dice / HD95 per region and subset on a split with labels")
+    _add_config_args(p)
+    p.add_argument("--subsets", default="all",
+                   help='"all" (15 subsets), "full", "singles" or e.g. "T1c,Flair;T2" (default: all)')
+    p.add_argument("--dataset", choices=["inference", "validation", "training"], default="inference")
+    p.add_argument("-o", "--output", help="report folder (default: [EVALUATION] save_csv_dir)")
+
+    p = sub.add_parser("demo-data", help="write the synthetic BraTS-like demo data set")
+    p.add_argument("output", help="folder to write (BraTS 2018 layout)")
+    p.add_argument("--subjects", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("uhved_tf")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _load_config(args, extra):
+    from uhved_tf.config import load_config
+    return load_config(args.config, overrides=extra, set_overrides=args.set_overrides)
+
+
+def _cmd_train(args, extra) -> int:
+    from uhved_tf.application import Application
+    cfg = _load_config(args, extra)
+    terms = Application(cfg).train(resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if terms:
+        print("final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()))
+    print(f"model directory: {cfg.system.model_dir}")
+    return 0
+
+
+def _cmd_inference(args, extra) -> int:
+    from uhved_tf.application import Application, parse_subsets
+    from uhved_tf.errors import UhvedError
+    from uhved_tf.io.discovery import Subject, safe_subject_id, subjects_in
+
+    cfg = _load_config(args, extra)
+    app = Application(cfg)
+    modalities = parse_subsets(args.modalities, cfg.modalities)[0] if args.modalities else cfg.inference_modalities
+    out_dir = Path(args.output) if args.output else Path(cfg.inference.save_seg_dir)
+    flags = {m: getattr(args, m.lower(), None) for m in cfg.modalities}
+    flags.update({m: getattr(args, "t1c") for m in cfg.modalities if m.lower() == "t1ce" and args.t1c})
+    given = {m: Path(p) for m, p in flags.items() if p}
+    if given:
+        if not args.modalities:
+            modalities = tuple(m for m in cfg.modalities if m in given)
+        missing_flags = [m for m in modalities if m not in given]
+        if missing_flags:
+            raise UhvedError(f"--modalities names {missing_flags} but no file was given for them")
+        first = next(iter(given.values()))
+        sid = safe_subject_id(args.subject_id or _strip_nifti(first.name))
+        subjects = [Subject(sid, dict(given))]
+    else:
+        subjects = app.discover(need_label=False)
+        phase = (args.dataset or cfg.inference.dataset_to_infer or "inference").lower()
+        if phase != "all":
+            split = app.split(subjects)
+            ids = set(subjects_in(split, phase))
+            subjects = [s for s in subjects if s.id in ids]
+        if not subjects:
+            raise UhvedError(f"no subjects in the {phase} split ({cfg.system.dataset_split_file})")
+    failed = app.run_inference(subjects, [tuple(modalities)], out_dir, overwrite=args.overwrite,
+                               progress=not args.quiet)
+    print(f"wrote outputs for {len(subjects) - len(failed)} of {len(subjects)} cases to {out_dir}")
+    if failed:
+        for sid, msg in failed.items():
+            print(f"FAILED {sid}: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _strip_nifti(name: str) -> str:
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _cmd_evaluate(args, extra) -> int:
+    from uhved_tf.application import Application, parse_subsets
+    cfg = _load_config(args, extra)
+    app = Application(cfg)
+    subsets = parse_subsets(args.subsets, cfg.modalities)
+    report = app.evaluate(subsets, phase=args.dataset.capitalize(),
+                          out_dir=Path(args.output) if args.output else None, progress=not args.quiet)
+    print(format_summary(report["summary"], cfg.modalities, subsets))
+    print(f"reports in {report['out_dir']}")
+    return 0
+
+
+def format_summary(summary, modalities, subsets) -> str:
+    width = max(len("+".join(s)) for s in subsets) + 2
+    lines = [f"{'subset':<{width}} {'cases':>5} {'Dice WT':>8} {'Dice TC':>8} {'Dice ET':>8} {'HD95 WT':>8}"]
+    for s in subsets:
+        v = summary["+".join(s)]
+        lines.append(f"{'+'.join(s):<{width}} {v['cases']:>5} {v['dice_whole']:>8.3f} {v['dice_core']:>8.3f} "
+                     f"{v['dice_enhancing']:>8.3f} {v['hd95_whole']:>8.2f}")
+    return "\n".join(lines)
+
+
+def _cmd_demo_data(args, extra) -> int:
+    from uhved_tf.demo.synthetic import make_demo_dataset
+    ids = make_demo_dataset(args.output, n_subjects=args.subjects, seed=args.seed, overwrite=args.overwrite)
+    print(f"demo data: {len(ids)} subjects in {args.output}")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "inference": _cmd_inference, "evaluate": _cmd_evaluate,
+            "demo-data": _cmd_demo_data}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "demo-data":
+        parser.error(f"unrecognised arguments: {' '.join(extra)}")
+    _setup_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    _prepare_environment()
+    if args.command != "demo-data":
+        _import_tensorflow_quietly(getattr(args, "verbose", False))
+    from uhved_tf.errors import UhvedError
+    try:
+        return COMMANDS[args.command](args, extra)
+    except UhvedError as exc:
+        print(f"uhved_tf {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"uhved_tf {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

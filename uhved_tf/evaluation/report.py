@@ -1,0 +1,112 @@
+"""``uhved_tf evaluate``: segment the split's cases with ground truth for every requested subset
+(encoders run once per window for all subsets), score them in each label file's own grid and
+spacing, and write per-case CSV, a per-subset table (CSV + Markdown, the layout of the paper's
+Table 1) and a JSON summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from uhved_tf.data import preprocessing as pp
+from uhved_tf.errors import DataError
+from uhved_tf.evaluation.metrics import evaluate_case
+from uhved_tf.io.discovery import subjects_in
+from uhved_tf.io.nifti import to_original_grid
+
+log = logging.getLogger(__name__)
+
+REGION_KEYS = ("whole", "core", "enhancing")
+
+
+def _read_reference(path) -> tuple[np.ndarray, tuple]:
+    import nibabel as nib
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    return np.rint(data).astype(np.int32), tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def evaluate_subjects(app, subsets, phase="Inference", out_dir=None, progress=True) -> dict:
+    from uhved_tf.training.progress import Progress
+
+    cfg = app.cfg
+    subjects = app.discover(need_label=True)
+    split = app.split(subjects)
+    ids = set(subjects_in(split, phase))
+    chosen = [s for s in subjects if s.id in ids]
+    if not chosen:
+        raise DataError(f"no {phase} subjects with labels in {cfg.system.dataset_split_file}")
+    model = app.load_trained_model()
+    settings = app.preprocess_settings()
+    out_dir = Path(out_dir or cfg.evaluation.save_csv_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    bar = Progress(len(chosen), desc="evaluate", enabled=progress)
+    for subject in chosen:
+        case = app.load_case(subject, settings, with_label=False)
+        ref, spacing = _read_reference(subject.files[cfg.label_section])
+        results = app.predict_case(model, case, subsets)
+        for subset, res in zip(subsets, results):
+            classes = np.argmax(res["seg_prob"], axis=-1).astype(np.int32)
+            labels = pp.unmap_labels(pp.uncrop(classes, case.box, fill=0), cfg.task.label_values, dtype=np.int32)
+            pred = to_original_grid(labels, case.geometry, interp_order=0)
+            scores = evaluate_case(pred, ref, spacing, et_min_voxels=cfg.evaluation.et_min_voxels)
+            rows.append({"subject": subject.id, "subset": "+".join(subset), **scores})
+        bar.update(1, subject.id)
+    bar.close()
+    summary = summarise(rows, subsets)
+    write_reports(rows, summary, subsets, cfg.modalities, out_dir)
+    return {"rows": rows, "summary": summary, "out_dir": str(out_dir)}
+
+
+def summarise(rows, subsets) -> dict:
+    out = {}
+    for subset in subsets:
+        name = "+".join(subset)
+        sel = [r for r in rows if r["subset"] == name]
+        keys = [k for k in sel[0] if k not in ("subject", "subset")] if sel else []
+        out[name] = {k: float(np.mean([r[k] for r in sel])) for k in keys}
+        out[name]["cases"] = len(sel)
+    return out
+
+
+def write_reports(rows, summary, subsets, modalities, out_dir: Path) -> None:
+    if rows:
+        with open(out_dir / "per_case.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    with open(out_dir / "per_subset.csv", "w", newline="") as f:
+        keys = sorted({k for v in summary.values() for k in v})
+        w = csv.writer(f)
+        w.writerow(["subset", *keys])
+        for name, vals in summary.items():
+            w.writerow([name, *[vals.get(k, "") for k in keys]])
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "table.md").write_text(markdown_table(summary, subsets, modalities))
+
+
+def markdown_table(summary, subsets, modalities) -> str:
+    """Rows = subsets with ●/○ per modality, columns = Dice (%) per region, plus the mean row."""
+    head = "| " + " | ".join(modalities) + " | Dice whole | Dice core | Dice enhancing | HD95 whole (mm) |"
+    sep = "|" + "---|" * (len(modalities) + 4)
+    lines = [head, sep]
+    for subset in subsets:
+        v = summary["+".join(subset)]
+        marks = ["●" if m in subset else "○" for m in modalities]
+        lines.append("| " + " | ".join(marks) + f" | {100 * v['dice_whole']:.1f} | {100 * v['dice_core']:.1f} | "
+                     f"{100 * v['dice_enhancing']:.1f} | {v['hd95_whole']:.1f} |")
+    if len(subsets) > 1:
+        mean = {k: np.mean([summary["+".join(s)][k] for s in subsets])
+                for k in ("dice_whole", "dice_core", "dice_enhancing", "hd95_whole")}
+        lines.append("| " + " | ".join(["Mean"] + [""] * (len(modalities) - 1)) +
+                     f" | {100 * mean['dice_whole']:.1f} | {100 * mean['dice_core']:.1f} | "
+                     f"{100 * mean['dice_enhancing']:.1f} | {mean['hd95_whole']:.1f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,72 @@
+"""Whole-volume prediction for any number of modality subsets, encoding each window once.
+
+:class:`WindowPredictor` is the callable handed to the array-only sliding-window aggregator
+(:func:`uhved_tf.inference.sliding_window.sliding_window_inference`): for a batch of windows it
+runs the encoders once, then for every requested subset fuses the available experts and decodes
+(``samples`` posterior samples batched into one decoder call for the segmentation, the posterior
+mean for the synthesis). Networks without ``encode``/``fuse`` fall back to one forward pass per
+subset.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from uhved_tf.inference.sliding_window import sliding_window_inference
+
+log = logging.getLogger(__name__)
+
+
+class WindowPredictor:
+    def __init__(self, model, subset_masks, samples: int = 10, seed: int = 0):
+        self.model = model
+        self.subset_masks = tf.constant(np.asarray(subset_masks, np.float32))
+        self.num_subsets = int(self.subset_masks.shape[0])
+        self.samples = int(samples)
+        self.seed = int(seed)
+        self.calls = 0
+        self.encode_once = hasattr(model, "encode") and hasattr(model, "predict_from_posteriors")
+        window_spec = tf.TensorSpec([None, None, None, None, int(self.subset_masks.shape[1])], tf.float32)
+        self._fn = tf.function(self._predict, input_signature=[window_spec, tf.TensorSpec([2], tf.int64)])
+
+    def _predict(self, windows, seed):
+        n = tf.shape(windows)[0]
+        outputs = {}
+        encodings = self.model.encode(windows) if self.encode_once else None
+        for s in range(self.num_subsets):
+            mask = tf.tile(self.subset_masks[s][None, :], [n, 1])
+            sub_seed = tf.stack([seed[0], seed[1] * 64 + s])
+            if self.encode_once:
+                out = self.model.predict_from_posteriors(self.model.fuse(encodings, mask),
+                                                         self.samples, sub_seed)
+            else:
+                out = self.model.predict_windows(windows, mask, self.samples, sub_seed)
+            for k, v in out.items():
+                if k == "uncertainty":
+                    v = v[..., None]
+                outputs[f"{k}/{s}"] = tf.cast(v, tf.float32)
+        return outputs
+
+    def __call__(self, windows: np.ndarray) -> dict:
+        seed = tf.constant([self.seed, self.calls], tf.int64)
+        self.calls += 1
+        return {k: v.numpy() for k, v in self._fn(tf.convert_to_tensor(windows, tf.float32), seed).items()}
+
+
+def predict_volume(predictor: WindowPredictor, image: np.ndarray, window, *, overlap=0.5,
+                   blend_mode="gaussian", border=(0, 0, 0), batch_size=1, progress=None) -> list[dict]:
+    """``image`` [D, H, W, M] (preprocessed) -> one dict per subset of ``predictor`` with
+    ``seg_prob`` [D,H,W,K], ``synth`` [D,H,W,M] (if the network synthesises) and ``uncertainty``
+    [D,H,W]. Reuse one predictor across cases: its traced function is reused too."""
+    merged = sliding_window_inference(image.astype(np.float32), tuple(window), predictor, overlap=overlap,
+                                      blend_mode=blend_mode, border=tuple(border), batch_size=batch_size,
+                                      progress=progress)
+    results = []
+    for s in range(predictor.num_subsets):
+        res = {k.split("/")[0]: v for k, v in merged.items() if k.endswith(f"/{s}")}
+        res["uncertainty"] = res["uncertainty"][..., 0]
+        results.append(res)
+    return results
