@@ -273,7 +273,11 @@ class Application:
         path = tf.train.latest_checkpoint(str(ckdir)) if it < 0 else str(ckdir / f"ckpt-{it}")
         if path is None or not Path(path + ".index").exists():
             raise UhvedError(f"no checkpoint {'(latest)' if it < 0 else it} in {ckdir}")
-        tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        from uhved_tf.training.checkpoint import restore_model
+        try:
+            restore_model(model, path)
+        except (ValueError, AssertionError, tf.errors.OpError) as exc:
+            raise UhvedError(f"{path}: checkpoint does not fit this network ({str(exc).splitlines()[0]})") from None
         log.info("loaded %s", path)
         return model
 
@@ -327,7 +331,10 @@ class Application:
             written.append(save_like(arr, case.geometry, path, dtype=dtype, interp_order=order, overwrite=True))
         return written
 
-    def run_inference(self, subjects, subsets, out_dir: Path, overwrite=False, progress=True) -> dict:
+    def run_inference(self, subjects, subsets, out_dir: Path, overwrite=False, progress=True,
+                      keep_going=True) -> dict:
+        """Segment ``subjects``; with ``keep_going`` a broken case is reported and skipped
+        (returned in the dict of failures) instead of stopping the run."""
         from uhved_tf.training.progress import Progress
 
         model = self.load_trained_model()
@@ -348,6 +355,8 @@ class Application:
                              "+".join(subset), time.perf_counter() - t0, vols["whole"], vols["core"],
                              vols["enhancing"])
             except UhvedError as exc:
+                if not keep_going:
+                    raise
                 failed[subject.id] = str(exc)
                 log.error("%s: %s", subject.id, exc)
             bar.update(1, subject.id)

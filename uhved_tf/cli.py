@@ -122,9 +122,8 @@ def _load_config(args, extra):
     return load_config(args.config, overrides=extra, set_overrides=args.set_overrides)
 
 
-def _cmd_train(args, extra) -> int:
+def _cmd_train(args, cfg) -> int:
     from uhved_tf.application import Application
-    cfg = _load_config(args, extra)
     terms = Application(cfg).train(resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if terms:
         print("final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()))
@@ -132,12 +131,11 @@ def _cmd_train(args, extra) -> int:
     return 0
 
 
-def _cmd_inference(args, extra) -> int:
+def _cmd_inference(args, cfg) -> int:
     from uhved_tf.application import Application, parse_subsets
     from uhved_tf.errors import UhvedError
     from uhved_tf.io.discovery import Subject, safe_subject_id, subjects_in
 
-    cfg = _load_config(args, extra)
     app = Application(cfg)
     modalities = parse_subsets(args.modalities, cfg.modalities)[0] if args.modalities else cfg.inference_modalities
     out_dir = Path(args.output) if args.output else Path(cfg.inference.save_seg_dir)
@@ -163,7 +161,7 @@ def _cmd_inference(args, extra) -> int:
         if not subjects:
             raise UhvedError(f"no subjects in the {phase} split ({cfg.system.dataset_split_file})")
     failed = app.run_inference(subjects, [tuple(modalities)], out_dir, overwrite=args.overwrite,
-                               progress=not args.quiet)
+                               progress=not args.quiet, keep_going=not given)
     print(f"wrote outputs for {len(subjects) - len(failed)} of {len(subjects)} cases to {out_dir}")
     if failed:
         for sid, msg in failed.items():
@@ -179,9 +177,8 @@ def _strip_nifti(name: str) -> str:
     return name
 
 
-def _cmd_evaluate(args, extra) -> int:
+def _cmd_evaluate(args, cfg) -> int:
     from uhved_tf.application import Application, parse_subsets
-    cfg = _load_config(args, extra)
     app = Application(cfg)
     subsets = parse_subsets(args.subsets, cfg.modalities)
     report = app.evaluate(subsets, phase=args.dataset.capitalize(),
@@ -201,7 +198,7 @@ def format_summary(summary, modalities, subsets) -> str:
     return "\n".join(lines)
 
 
-def _cmd_demo_data(args, extra) -> int:
+def _cmd_demo_data(args, cfg) -> int:
     from uhved_tf.demo.synthetic import make_demo_dataset
     ids = make_demo_dataset(args.output, n_subjects=args.subjects, seed=args.seed, overwrite=args.overwrite)
     print(f"demo data: {len(ids)} subjects in {args.output}")
@@ -218,12 +215,19 @@ def main(argv=None) -> int:
     if extra and args.command == "demo-data":
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     _setup_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
-    _prepare_environment()
-    if args.command != "demo-data":
-        _import_tensorflow_quietly(getattr(args, "verbose", False))
     from uhved_tf.errors import UhvedError
     try:
-        return COMMANDS[args.command](args, extra)
+        cfg = None
+        if args.command != "demo-data":
+            # The config is pure Python: read it before TensorFlow so that [SYSTEM] cuda_devices
+            # and the oneDNN switch take effect.
+            cfg = _load_config(args, extra)
+            if cfg.system.cuda_devices and "CUDA_VISIBLE_DEVICES" not in os.environ:
+                os.environ["CUDA_VISIBLE_DEVICES"] = cfg.system.cuda_devices
+        _prepare_environment()
+        if cfg is not None:
+            _import_tensorflow_quietly(getattr(args, "verbose", False))
+        return COMMANDS[args.command](args, cfg)
     except UhvedError as exc:
         print(f"uhved_tf {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

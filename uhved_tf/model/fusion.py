@@ -13,8 +13,8 @@ available subset pi is Gaussian with
 
 Shapes: ``mu`` and ``logvar`` are [B, D, H, W, M, C] (experts stacked on axis -2, M = number of
 modalities), ``mask`` is [B, M] with 1 for an available modality. Masked-out experts are removed
-with ``tf.where`` (not multiplied by 0), so their values, even inf or NaN, cannot reach the result.
-An all-zero mask gives the prior N(0, I).
+with ``tf.where`` (not multiplied by 0), so their values, even inf or NaN, reach neither the result
+nor its gradient. An all-zero mask gives the prior N(0, I).
 """
 
 from __future__ import annotations
@@ -35,11 +35,15 @@ def product_of_gaussians(mu, logvar, mask):
     m = tf.reshape(mask, tf.concat([tf.shape(mask)[:1], tf.ones([rank - 3], tf.int32),
                                     tf.shape(mask)[1:], [1]], axis=0))
     m = tf.broadcast_to(m, tf.shape(mu))
-    precision = tf.where(m, tf.exp(-logvar), 0.0)
-    weighted_mean = tf.where(m, mu * precision, 0.0)
-    total_precision = 1.0 + tf.reduce_sum(precision, axis=-2)
-    loc = tf.reduce_sum(weighted_mean, axis=-2) / total_precision
-    return loc, -tf.math.log(total_precision)
+    # In log space, shifted by the largest log-precision (the prior's is 0), so that exp(-logvar)
+    # cannot overflow float32 (|logvar| > 88) and a dropped expert's -inf log-precision has a zero
+    # gradient. ``scaled`` = precision / e^shift is in [0, 1], ``total`` = T / e^shift in [1, M + 1].
+    log_precision = tf.where(m, -logvar, float("-inf"))
+    shift = tf.stop_gradient(tf.maximum(tf.reduce_max(log_precision, axis=-2), 0.0))
+    scaled = tf.exp(log_precision - shift[..., None, :])
+    total = tf.exp(-shift) + tf.reduce_sum(scaled, axis=-2)
+    loc = tf.reduce_sum(scaled * tf.where(m, mu, 0.0), axis=-2) / total
+    return loc, -(shift + tf.math.log(total))
 
 
 def posterior_distribution(loc, logvar) -> tfd.Normal:

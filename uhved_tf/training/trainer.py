@@ -23,6 +23,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from uhved_tf.losses import LossWeights, total_loss
+from uhved_tf.training.checkpoint import model_checkpoint
 from uhved_tf.training.optimizer import FusedOptimizer
 from uhved_tf.training.progress import Progress
 
@@ -68,7 +69,7 @@ class Trainer:
             self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration",
                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             self.optimizer = FusedOptimizer(settings.optimiser, settings.lr, model.trainable_variables)
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer, iteration=self.iteration)
+        self.checkpoint = model_checkpoint(model, optimizer=self.optimizer, iteration=self.iteration)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(checkpoint_dir(self.model_dir)),
                                                   max_to_keep=settings.max_checkpoints, checkpoint_name="ckpt")
         self._step_fn = None
