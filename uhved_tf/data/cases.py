@@ -53,6 +53,7 @@ class PreprocessSettings:
     nan_policy: str = "error"
     landmarks: dict | None = None          # Nyul landmarks per modality (None: not used)
     cutoff: tuple[float, float] = (0.01, 0.99)
+    norm_type: str = "percentile"
     geometry_tolerance: float = 1e-3       # mm, for comparing the modalities' affines
 
     @classmethod
@@ -74,6 +75,7 @@ class PreprocessSettings:
             min_shape=window,
             landmarks=landmarks if cfg.network.normalisation else None,
             cutoff=tuple(cfg.network.cutoff),
+            norm_type=cfg.network.norm_type,
         )
 
 
@@ -114,8 +116,9 @@ def load_case(subject_id: str, files: dict, settings: PreprocessSettings, with_l
             raise DataError(f"{files[m]}: image is all zeros (subject {subject_id}, modality {m})")
         if settings.landmarks is not None:
             from uhved_tf.data.histogram import apply_landmarks
-            vol = apply_landmarks(vol, settings.landmarks[m], settings.cutoff,
-                                  mask=pp.foreground_mask(vol, settings.foreground_type))
+            fg = pp.foreground_mask(vol, settings.foreground_type) if settings.normalise_foreground_only else None
+            vol = apply_landmarks(vol, settings.landmarks[m], settings.cutoff, mask=fg,
+                                  norm_type=settings.norm_type)
         if settings.whitening:
             mask = pp.foreground_mask(vol, settings.foreground_type) if settings.normalise_foreground_only else None
             vol = pp.whiten(vol, mask)

@@ -8,8 +8,10 @@ reproducible and a resumed run sees exactly the batches an uninterrupted run wou
          subjects every epoch)
       -> load + preprocess them (numpy in ``tf.numpy_function``, parallel, deterministic order;
          preprocessed cases are cached in memory when they fit the cache budget)
-      -> ``sample_per_volume`` windows per volume (uniform corners), a modality mask per window
-         drawn by the subset policy among the modalities the subject has, random flips
+      -> ``sample_per_volume`` windows per volume (corners by ``window_sampling``: uniform,
+         balanced or weighted), augmented (flips, rotation, scaling: resampled from the whole
+         volume, image trilinear and label nearest), a modality mask per window drawn by the
+         subset policy among the modalities the subject has
       -> the block's windows in a random order (the shuffle queue), unbatched
       -> batches of ``batch_size``, prefetched
 
@@ -31,7 +33,9 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from uhved_tf.data.augmentation import augment_crop
 from uhved_tf.data.subsets import SubsetSampler
+from uhved_tf.data.window_sampling import corners_for, corners_to_centres
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,9 @@ class CaseCache:
 def make_training_dataset(load_case_arrays: Callable[[int], tuple], num_subjects: int, *,
                           num_modalities: int, window, batch_size: int, sample_per_volume: int,
                           queue_length: int, seed: int, policy: str = "uniform_size", prior=None,
-                          flip_axes=(), start_iteration: int = 0, num_parallel: int = 2,
+                          flip_axes=(), angles_deg=None, scaling_percentage=None,
+                          isotropic_scaling: bool = False, window_sampling: str = "uniform",
+                          num_classes: int = 4, start_iteration: int = 0, num_parallel: int = 2,
                           cache_bytes: int = 2 * 1024**3) -> tf.data.Dataset:
     """``load_case_arrays(i)`` returns ``(image [D,H,W,M] f32, label [D,H,W] i32, data_mask [M] f32)``
     for training subject i, each volume at least ``window`` in size."""
@@ -90,30 +96,30 @@ def make_training_dataset(load_case_arrays: Callable[[int], tuple], num_subjects
         keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.cast(seed, tf.int64), 1000 + epoch]))
         return tf.gather(tf.argsort(keys), pos)
 
-    def sample_windows(block, image, label, data_mask, j):
-        """Window j (0..spv-1) of one volume of ``block``."""
-        s = tf.random.experimental.stateless_split(tf.stack([tf.cast(seed, tf.int64), block * 7919 + j]), 4)
-        shape = tf.shape(label)
-        corner = [tf.random.stateless_uniform([], s[0] + a, minval=0, maxval=shape[a] - window[a] + 1,
-                                              dtype=tf.int32) for a in range(3)]
-        img = tf.slice(image, corner + [0], list(window) + [num_modalities])
-        lab = tf.slice(label, corner, list(window))
-        mask = subset_sampler.draw(s[1], data_mask)
-        if flip_axes:
-            flips = tf.random.stateless_uniform([3], s[2]) < 0.5
-            for a in flip_axes:
-                img = tf.cond(flips[a], lambda x=img, a=a: tf.reverse(x, [a]), lambda x=img: x)
-                lab = tf.cond(flips[a], lambda x=lab, a=a: tf.reverse(x, [a]), lambda x=lab: x)
-        img.set_shape(window + (num_modalities,))
-        lab.set_shape(window)
-        return {"image": img, "label": lab, "modality_mask": mask, "data_mask": data_mask}
+    def volume_windows(volume_counter, image, label, data_mask):
+        """The ``sample_per_volume`` windows of one volume: corners by the window sampler
+        (uniform / balanced / weighted), then flips, rotation and scaling resampled from the
+        whole volume around each window's centre, and a modality mask per window."""
+        base = tf.stack([tf.cast(seed, tf.int64), 3_000_003 + volume_counter])
+        s = tf.random.experimental.stateless_split(base, 2 + sample_per_volume)
+        corners = corners_for(window_sampling, label, window, sample_per_volume, num_classes, s[0])
+        centres = corners_to_centres(corners, window)
+
+        def one(j):
+            sj = tf.random.experimental.stateless_split(tf.gather(s, 2 + j), 2)
+            img, lab = augment_crop(image, label, centres[j], window, sj[0], flip_axes=flip_axes,
+                                    angles_deg=angles_deg, scaling_percentage=scaling_percentage,
+                                    isotropic_scaling=isotropic_scaling)
+            return {"image": img, "label": lab, "modality_mask": subset_sampler.draw(sj[1], data_mask),
+                    "data_mask": data_mask}
+
+        return tf.data.Dataset.range(sample_per_volume).map(one)
 
     def block_windows(block):
         volume_ids = block * volumes_per_block + tf.range(volumes_per_block, dtype=tf.int64)
         vols = tf.data.Dataset.from_tensor_slices(volume_ids).map(
             lambda v: (v,) + load(subject_of(v)), num_parallel_calls=num_parallel, deterministic=True)
-        wins = vols.flat_map(lambda v, img, lab, dm: tf.data.Dataset.range(sample_per_volume).map(
-            lambda j: sample_windows(block, img, lab, dm, j + (v % volumes_per_block) * sample_per_volume)))
+        wins = vols.flat_map(volume_windows)
         # The shuffle queue: a stateless permutation of the block's windows.
         order = tf.argsort(tf.random.stateless_uniform(
             [windows_per_block], seed=tf.stack([tf.cast(seed, tf.int64), 2000 + block])))
