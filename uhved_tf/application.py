@@ -122,9 +122,9 @@ class Application:
 
         cfg = self.cfg
         settings = self.preprocess_settings()
-        if cfg.network.window_sampling not in ("uniform",):
-            log.warning("[NETWORK] window_sampling = %s is not available yet; sampling uniformly",
-                        cfg.network.window_sampling)
+        if cfg.network.window_sampling not in ("uniform", "balanced", "weighted"):
+            raise ConfigError(f"[NETWORK] window_sampling = {cfg.network.window_sampling}: U-HVED trains on "
+                              "windows; use uniform, balanced or weighted")
 
         def load(i):
             case = self.load_case(subjects[i], settings)
@@ -134,21 +134,39 @@ class Application:
                 raise DataError(f"subject {subjects[i].id}: no modality available")
             return case.image, case.label.astype(np.int32), case.data_mask
 
-        flips = tuple(a for a in cfg.training.random_flipping_axes if a >= 0)
+        from uhved_tf.data.augmentation import rotation_ranges_from_config
+
+        t = cfg.training
+        flips = tuple(a for a in t.random_flipping_axes if a >= 0)
+        angles = rotation_ranges_from_config(t.rotation_angle, t.rotation_angle_x, t.rotation_angle_y,
+                                             t.rotation_angle_z)
         return make_training_dataset(
             load, len(subjects), num_modalities=len(cfg.modalities), window=cfg.spatial_window_size,
             batch_size=cfg.network.batch_size, sample_per_volume=cfg.training.sample_per_volume,
             queue_length=cfg.network.queue_length, seed=cfg.system.seed,
             policy=cfg.training.subset_policy, prior=cfg.training.subset_prior or None,
-            flip_axes=flips, start_iteration=start_iteration, num_parallel=cfg.system.num_threads)
+            flip_axes=flips, angles_deg=angles, scaling_percentage=t.scaling_percentage or None,
+            isotropic_scaling=t.isotropic_scaling, window_sampling=cfg.network.window_sampling,
+            num_classes=cfg.task.num_classes, start_iteration=start_iteration,
+            num_parallel=cfg.system.num_threads)
 
     # --- model -------------------------------------------------------------------------------
     def build_model(self):
         from uhved_tf.model.registry import get_network_class
 
+        import keras
+
         cfg = self.cfg
         cls = get_network_class(cfg.network.name)
-        model = cls.from_settings(cfg.modalities, cfg.task.num_classes, cfg.network)
+        # Mixed precision: compute in float16/bfloat16, variables, norms' statistics, pooling on
+        # CPU, the output heads and the losses in float32; float16 loss scaling in the trainer.
+        policy = cfg.system.mixed_precision if cfg.system.mixed_precision != "none" else "float32"
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(policy)
+        try:
+            model = cls.from_settings(cfg.modalities, cfg.task.num_classes, cfg.network)
+        finally:
+            keras.config.set_dtype_policy(previous)
         window = cfg.spatial_window_size
         import tensorflow as tf
         model({"image": tf.zeros((1, *window, len(cfg.modalities))),

@@ -45,8 +45,10 @@ def _import_tensorflow_quietly(verbose: bool) -> None:
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            import tensorflow as tf
             import tensorflow_probability  # noqa: F401
+            # Device discovery logs a CUDA 'cuInit' error on machines without a GPU driver.
+            tf.config.list_physical_devices()
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -134,7 +136,7 @@ def _cmd_train(args, cfg) -> int:
 def _cmd_inference(args, cfg) -> int:
     from uhved_tf.application import Application, parse_subsets
     from uhved_tf.errors import UhvedError
-    from uhved_tf.io.discovery import Subject, safe_subject_id, subjects_in
+    from uhved_tf.io.discovery import Subject, safe_subject_id, subject_id_for_file, subjects_in
 
     app = Application(cfg)
     modalities = parse_subsets(args.modalities, cfg.modalities)[0] if args.modalities else cfg.inference_modalities
@@ -148,8 +150,9 @@ def _cmd_inference(args, cfg) -> int:
         missing_flags = [m for m in modalities if m not in given]
         if missing_flags:
             raise UhvedError(f"--modalities names {missing_flags} but no file was given for them")
-        first = next(iter(given.values()))
-        sid = safe_subject_id(args.subject_id or _strip_nifti(first.name))
+        first_mod, first = next(iter(given.items()))
+        spec = next(s for s in app.input_specs() if s.name == first_mod)
+        sid = safe_subject_id(args.subject_id) if args.subject_id else subject_id_for_file(spec, first)
         subjects = [Subject(sid, dict(given))]
     else:
         subjects = app.discover(need_label=False)
@@ -168,13 +171,6 @@ def _cmd_inference(args, cfg) -> int:
             print(f"FAILED {sid}: {msg}", file=sys.stderr)
         return 1
     return 0
-
-
-def _strip_nifti(name: str) -> str:
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _cmd_evaluate(args, cfg) -> int:

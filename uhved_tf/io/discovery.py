@@ -153,6 +153,19 @@ def _id_from_name(spec: InputSpec, stem: str, regex: re.Pattern | None) -> str:
     return raw.strip(_ID_STRIP)
 
 
+def subject_id_for_file(spec: InputSpec, path) -> str:
+    """The subject id of a single file given on the command line: the section's
+    ``filename_contains`` parts (and ``filename_removefromid``) removed when the name matches the
+    section's filters, else the file name without its extension; always sanitised."""
+    name = Path(path).name
+    stem = _strip_nifti_suffix(name) or name
+    matches = all(c in stem for c in spec.filename_contains) and not any(
+        c and c in stem for c in spec.filename_not_contains)
+    raw = _id_from_name(spec, stem, re.compile(spec.filename_removefromid) if spec.filename_removefromid
+                        else None) if matches else stem
+    return safe_subject_id(raw or stem)
+
+
 def _add(section: str, table: dict[str, Path], subject_id: str, path: Path, hint: str) -> None:
     if subject_id in table:
         raise DataError(f"[{section}]: {table[subject_id]} and {path} give the same subject id {subject_id!r}; {hint}")

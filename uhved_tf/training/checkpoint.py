@@ -19,7 +19,7 @@ def model_variables(model) -> dict:
         key = v.path.split("/", 1)[-1].replace("/", ".")
         if key in out:
             raise ValueError(f"two variables share the path {v.path!r}")
-        out[key] = getattr(v, "value", v)
+        out[key] = v if isinstance(v, tf.Variable) else v.value
     return out
 
 

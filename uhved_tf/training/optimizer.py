@@ -28,7 +28,7 @@ class FusedOptimizer(tf.Module):
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
         self.momentum, self.rho = momentum, rho
         # The tf.Variables behind Keras Variables (their handles feed the fused kernels).
-        self._variables = [getattr(v, "value", v) for v in variables]
+        self._variables = [v if isinstance(v, tf.Variable) else v.value for v in variables]
         n_slots = {"adam": 2, "sgd": 0, "momentum": 1, "rmsprop": 2, "adagrad": 1}[name]
         init = {"adagrad": 0.1}.get(name, 0.0)
         self.slots = [

@@ -1,0 +1,203 @@
+"""End to end through the real CLI (subprocesses): demo data -> train -> resume -> inference ->
+evaluate, on a tiny synthetic data set and a tiny network. Real NIfTI files, real tf.data,
+real checkpoints and TensorBoard event files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TINY_INI = """
+[T1]
+path_to_search = {data}
+filename_contains = _t1
+filename_not_contains = _t1ce
+spatial_window_size = 16, 16, 16
+axcodes = R, A, S
+[T1c]
+path_to_search = {data}
+filename_contains = _t1ce
+spatial_window_size = 16, 16, 16
+axcodes = R, A, S
+[T2]
+path_to_search = {data}
+filename_contains = _t2
+spatial_window_size = 16, 16, 16
+axcodes = R, A, S
+[Flair]
+path_to_search = {data}
+filename_contains = _flair
+spatial_window_size = 16, 16, 16
+axcodes = R, A, S
+[label]
+path_to_search = {data}
+filename_contains = _seg
+interp_order = 0
+spatial_window_size = 16, 16, 16
+axcodes = R, A, S
+[SYSTEM]
+model_dir = {model}
+seed = 3
+[NETWORK]
+name = u_hved
+activation_function = leakyrelu
+batch_size = 2
+base_width = 4
+levels = 3
+whitening = True
+normalise_foreground_only = True
+foreground_type = mean_plus
+volume_padding_size = 2
+queue_length = 4
+[TRAINING]
+lr = 0.001
+max_iter = 2
+save_every_n = 1
+sample_per_volume = 2
+exclude_fraction_for_inference = 0.25
+random_flipping_axes = 0, 1, 2
+[INFERENCE]
+spatial_window_size = 16, 16, 16
+window_overlap = 0.25
+samples = 2
+[MULTIMODAL]
+image = T1, T1c, T2, Flair
+label = label
+num_classes = 4
+"""
+
+
+def run_cli(*args, check=True, cwd=None):
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    proc = subprocess.run([sys.executable, "-m", "uhved_tf", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"uhved_tf {' '.join(map(str, args))} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    from uhved_tf.demo.synthetic import make_demo_dataset
+    make_demo_dataset(data, n_subjects=4, shape=(32, 32, 24), spacing=(6.0, 6.0, 6.0), seed=1)
+    cfg = root / "tiny.ini"
+    cfg.write_text(TINY_INI.format(data=data, model=root / "model"))
+    return root, cfg, data
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    root, cfg, data = project
+    run_cli("train", "-c", cfg, "-q")
+    return project
+
+
+def test_two_iterations_write_checkpoints_metrics_and_events(trained):
+    root, cfg, _ = trained
+    model = root / "model"
+    assert (model / "checkpoints" / "ckpt-2.index").exists()
+    assert (model / "config_resolved.ini").exists()
+    assert (model / "metadata.json").exists()
+    assert (model / "dataset_split.csv").exists()
+    rows = list(csv.DictReader(open(model / "metrics.csv")))
+    assert [int(r["iteration"]) for r in rows] == [1, 2]
+    assert all(np.isfinite(float(r["total"])) for r in rows)
+    events = list((model / "logs" / "train").glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["tensors"]) | set(acc.Tags()["scalars"])
+    assert {"lr", "loss/total", "loss/dice", "loss/ce", "loss/recon", "loss/kl"} <= tags
+
+
+def test_train_again_without_resume_refuses_to_clobber(trained):
+    root, cfg, _ = trained
+    proc = run_cli("train", "-c", cfg, "-q", check=False)
+    assert proc.returncode == 2
+    assert "--resume" in proc.stderr and "Traceback" not in proc.stderr
+    assert (root / "model" / "checkpoints" / "ckpt-2.index").exists()
+
+
+def test_resume_continues_at_iteration_two(trained):
+    root, cfg, _ = trained
+    proc = run_cli("train", "-c", cfg, "--resume", "--max_iter", "3", "--set", "TRAINING.save_every_n=0")
+    assert "resumed from" in proc.stderr and "iteration 2" in proc.stderr
+    rows = list(csv.DictReader(open(root / "model" / "metrics.csv")))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3]
+    assert (root / "model" / "checkpoints" / "ckpt-3.index").exists()
+
+
+def test_inference_outputs_land_on_the_input_grid(trained, tmp_path):
+    root, cfg, data = trained
+    t1c = next(data.rglob("*_t1ce.nii.gz"))
+    flair = next(data.rglob("*_flair.nii.gz"))
+    out = tmp_path / "out"
+    run_cli("inference", "-c", cfg, "--t1c", t1c, "--flair", flair, "-o", out, "-q")
+    sid = t1c.name[: -len("_t1ce.nii.gz")]
+    ref = nib.load(str(t1c))
+    assert not np.allclose(ref.affine, np.eye(4))   # the demo data has non-identity, non-RAS affines
+    seg = nib.load(str(out / f"{sid}_seg.nii.gz"))
+    assert seg.shape == ref.shape
+    np.testing.assert_allclose(seg.affine, ref.affine, atol=1e-5)
+    assert nib.aff2axcodes(seg.affine) == nib.aff2axcodes(ref.affine)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 4}
+    for m in ("T1", "T1c", "T2", "Flair"):
+        synth = nib.load(str(out / f"{sid}_{m}_synth.nii.gz"))
+        assert synth.shape == ref.shape
+        assert np.all(np.isfinite(synth.get_fdata()))
+    assert (out / f"{sid}_uncertainty.nii.gz").exists()
+    # Existing outputs are not overwritten without --overwrite.
+    again = run_cli("inference", "-c", cfg, "--t1c", t1c, "--flair", flair, "-o", out, "-q", check=False)
+    assert again.returncode != 0 and "--overwrite" in again.stderr
+
+
+def test_evaluate_prints_dice_per_subset(trained, tmp_path):
+    root, cfg, _ = trained
+    proc = run_cli("evaluate", "-c", cfg, "--subsets", "full;T1c,Flair", "-o", tmp_path / "ev", "-q")
+    assert "T1+T1c+T2+Flair" in proc.stdout and "T1c+Flair" in proc.stdout
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "per_case.csv")))
+    assert len(rows) == 2   # 1 inference case x 2 subsets
+    for r in rows:
+        assert 0.0 <= float(r["dice_whole"]) <= 1.0
+    assert (tmp_path / "ev" / "table.md").read_text().count("●") >= 6
+
+
+@pytest.mark.parametrize("case", ["unknown_key", "missing_file", "shape_mismatch"])
+def test_bad_inputs_exit_with_one_clear_line(project, tmp_path, case):
+    root, cfg, data = project
+    text = cfg.read_text()
+    if case == "unknown_key":
+        bad = tmp_path / "bad.ini"
+        bad.write_text(text.replace("lr = 0.001", "lerning_rate = 0.001"))
+        proc = run_cli("train", "-c", bad, check=False)
+        expected = ['"lerning_rate"', "[TRAINING]"]
+    elif case == "missing_file":
+        proc = run_cli("inference", "-c", cfg, "--t1c", tmp_path / "nope.nii.gz", "-o", tmp_path / "o", check=False)
+        expected = ["nope.nii.gz"]
+    else:
+        t1c = next(data.rglob("*_t1ce.nii.gz"))
+        small = tmp_path / "small_flair.nii.gz"
+        img = nib.load(str(t1c))
+        nib.save(nib.Nifti1Image(np.ones((10, 12, 14), np.float32), img.affine), str(small))
+        proc = run_cli("inference", "-c", cfg, "--t1c", t1c, "--flair", small, "-o", tmp_path / "o", check=False)
+        expected = ["small_flair.nii.gz", "shape"]
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(error_lines) == 1, proc.stderr
+    for word in expected:
+        assert word in error_lines[0], error_lines[0]
