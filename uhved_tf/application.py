@@ -259,6 +259,9 @@ class Application:
             train_landmarks_for_subjects(self, train_subjects)
         (self.model_dir / METADATA_NAME).write_text(json.dumps(self.metadata(), indent=2))
 
+        import keras
+        # Initial weights from [SYSTEM] seed (everything later uses explicit stateless seeds).
+        keras.utils.set_random_seed(cfg.system.seed)
         strategy = make_strategy(cfg.system.distribution_strategy)
         with strategy.scope():
             model = self.build_model()
@@ -272,10 +275,33 @@ class Application:
             got = trainer.restore(start if start != latest else None)
             start = got
         dataset = self.build_dataset(train_subjects, start_iteration=start)
+        validator, early = self.build_validator(subjects, split)
         t0 = time.perf_counter()
-        terms = trainer.fit(dataset, start_iteration=start, progress=progress)
+        terms = trainer.fit(dataset, start_iteration=start, progress=progress, validator=validator,
+                            validation_every_n=cfg.training.validation_every_n, early_stopping=early)
         log.info("trained iterations %d..%d in %.1f s", start, cfg.training.max_iter, time.perf_counter() - t0)
         return terms
+
+    def build_validator(self, subjects, split):
+        """The validation hook (None when ``validation_every_n <= 0`` or there is no validation split)."""
+        from uhved_tf.training.validation import EarlyStopping, Validator
+
+        t = self.cfg.training
+        if t.validation_every_n <= 0:
+            return None, None
+        ids = set(subjects_in(split, "Validation"))
+        chosen = [s for s in subjects if s.id in ids]
+        if not chosen:
+            log.warning("[TRAINING] validation_every_n = %d but the split has no Validation subjects: "
+                        "not validating", t.validation_every_n)
+            return None, None
+        if t.early_stopping_mode not in EarlyStopping.SUPPORTED:
+            raise ConfigError(f"[TRAINING] early_stopping_mode = {t.early_stopping_mode}: supported are "
+                              f"{', '.join(EarlyStopping.SUPPORTED)}")
+        subsets = parse_subsets(t.validation_subsets, self.cfg.modalities)
+        log.info("validating on %d subjects every %d iterations, subsets %s", len(chosen), t.validation_every_n,
+                 ", ".join("+".join(s) for s in subsets))
+        return Validator(self, chosen, subsets), EarlyStopping(t.patience, t.early_stopping_mode)
 
     # --- inference ---------------------------------------------------------------------------
     def load_trained_model(self):
@@ -302,7 +328,7 @@ class Application:
     def inference_window(self):
         return tuple(self.cfg.inference.spatial_window_size or self.cfg.spatial_window_size)
 
-    def predict_case(self, model, case: Case, subsets, progress=None) -> list[dict]:
+    def predict_case(self, model, case: Case, subsets, progress=None, samples: int | None = None) -> list[dict]:
         from uhved_tf.inference.predictor import WindowPredictor, predict_volume
 
         masks = []
@@ -314,10 +340,11 @@ class Application:
                                 f"(files: {sorted(k for k in case.files if case.files[k])})")
             masks.append(m)
         inf = self.cfg.inference
+        samples = inf.samples if samples is None else samples
         masks = np.stack(masks)
-        key = (id(model), masks.tobytes())
+        key = (id(model), masks.tobytes(), samples)
         if key not in self._predictors:
-            self._predictors[key] = WindowPredictor(model, masks, samples=inf.samples, seed=self.cfg.system.seed)
+            self._predictors[key] = WindowPredictor(model, masks, samples=samples, seed=self.cfg.system.seed)
         return predict_volume(self._predictors[key], case.image, self.inference_window(), overlap=inf.window_overlap,
                               blend_mode=inf.blend_mode, border=tuple(inf.border),
                               batch_size=max(1, self.cfg.network.batch_size), progress=progress)

@@ -543,9 +543,11 @@ def _cross_check(sections: dict[str, dict[str, Any]], inputs: dict[str, dict[str
         raise ConfigError(f"[{task}] image in {where} names the same section twice: {', '.join(tv['image'])}")
     if tv["label"] and tv["label"][0] in tv["image"]:
         raise ConfigError(f"[{task}] in {where}: section [{tv['label'][0]}] is both an image and the label")
-    if net["window_sampling"] in ("weighted", "balanced") and not tv["sampler"]:
-        raise ConfigError(f"[NETWORK] window_sampling = {net['window_sampling']} in {where} needs "
-                          f"[{task}] sampler = <input section of the sampling map>")
+    if net["window_sampling"] in ("weighted", "balanced") and not tv["label"]:
+        # uhved_tf samples balanced / weighted windows from the label (NiftyNet took a separate
+        # sampling map in [task] sampler; that key is accepted and ignored).
+        raise ConfigError(f"[NETWORK] window_sampling = {net['window_sampling']} in {where} samples "
+                          f"from the label: set [{task}] label")
 
     used = (*tv["image"], *tv["label"], *tv["sampler"])
     for name, values in inputs.items():

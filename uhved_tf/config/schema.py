@@ -644,6 +644,9 @@ NETWORK_KEYS: tuple[Key, ...] = (
     K("levels", Int(2, 8), 4, "Number of latent scales (resolution levels) of the encoders/decoders"),
     K("logvar_clip", Float(lo=0, lo_open=True), 50.0,
       "Latent log-variances are clipped to [-logvar_clip, logvar_clip]"),
+    K("subset", Array(Str(quoted=False), distinct=True), (),
+      "Network single only: the modalities (names from [MULTIMODAL] image) concatenated as its input; "
+      "inference needs all of them; empty = all modalities"),
 )
 
 _RANGE = Array(Float(), lengths=(0, 2), post=_ordered_range, post_text="min, max")
@@ -660,8 +663,8 @@ TRAINING_KEYS: tuple[Key, ...] = (
     K("save_every_n", Int(lo=0), 500, "Checkpoint every n iterations (0 = only at the end)"),
     K("tensorboard_every_n", Int(), 20, "Write TensorBoard summaries every n iterations (<= 0 = off)"),
     K("max_checkpoints", Int(lo=1), 100, "Checkpoints kept"),
-    K("validation_every_n", Int(), -1, "Validate every n iterations (<= 0 = off)", used=False, note='not implemented yet (validation during training)'),
-    K("validation_max_iter", Int(lo=1), 1, "Validation batches per validation", used=False, note='not implemented yet (validation during training)'),
+    K("validation_every_n", Int(), -1, "Validate every n iterations (<= 0 = off)"),
+    K("validation_max_iter", Int(lo=1), 1, "Validation batches per validation", used=False, note='every validation round segments all validation cases'),
     K("exclude_fraction_for_validation", Float(0, 1, hi_open=True), 0.0,
       "Fraction of subjects put in the validation split when the split file is created"),
     K("exclude_fraction_for_inference", Float(0, 1, hi_open=True), 0.0,
@@ -693,10 +696,11 @@ TRAINING_KEYS: tuple[Key, ...] = (
       note=_NIFTYNET_ONLY),
     K("vars_to_freeze", Str(), "", "NiftyNet fine-tuning: variables to freeze (regex)", used=False,
       note=_NIFTYNET_ONLY),
-    K("patience", Int(lo=1), 100, "Early stopping: validations without improvement before stopping", used=False, note='not implemented yet (early stopping)'),
-    K("early_stopping_mode", Choice("mean", "robust_mean", "median", "generalisation_loss",
-                                    "median_smoothing", "validation_up"), "mean",
-      "Early stopping criterion on the validation loss", used=False, note='not implemented yet (early stopping)'),
+    K("patience", Int(lo=1), 100, "Early stopping: number of validation rounds looked at (see early_stopping_mode)"),
+    K("early_stopping_mode", Choice("mean", "validation_up"), "mean",
+      "Early stopping on the validation Dice: mean (the mean of the last `patience` scores is not above "
+      "the best before them) or validation_up (the score fell `patience` times in a row); NiftyNet's "
+      "other modes are not available"),
     K("lr_decay_factor", Float(lo=1), 4.0,
       "The learning rate is divided by this factor every lr_decay_every iterations"),
     K("lr_decay_every", Int(lo=1), 10000,
@@ -710,6 +714,8 @@ TRAINING_KEYS: tuple[Key, ...] = (
     K("subset_prior", Array(Float(lo=0), post=_probabilities, post_text="summing to 1"), (),
       "Probabilities of the 2^M-1 modality subsets, ordered by size then lexicographically by position in "
       "[MULTIMODAL] image (T1; T1c; T2; Flair; T1+T1c; ...); required iff subset_policy = prior"),
+    K("validation_subsets", Str(), "full;singles",
+      "Modality subsets scored at each validation: all, full, singles or e.g. \"T1c,Flair;T2\" (separated by ;)"),
     K("allow_missing_modalities", Bool(), False,
       "Accept subjects lacking some modality files (only their available modalities are used)"),
 )

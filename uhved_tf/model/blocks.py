@@ -22,7 +22,14 @@ ACTIVATIONS = {
 }
 
 
-def get_activation(name: str):
+def get_activation(name: str, after_conv: bool = False):
+    """The activation function ``name``. ``after_conv=True`` is for an activation applied directly
+    to a convolution's output: TensorFlow's grappler remapper fuses Conv3D+BiasAdd+LeakyRelu and
+    then fails on the training graph ("remapper failed: ... LeakyReluGrad ... missing node
+    BiasAdd", logged as an error, fusion skipped); max(x, a*x) is the same function without
+    that pattern."""
+    if after_conv and name == "leakyrelu":
+        return lambda x: tf.maximum(x, 0.02 * x)
     try:
         return ACTIVATIONS[name]
     except KeyError:

@@ -14,7 +14,10 @@ from uhved_tf.model.blocks import ConvBlock, get_activation, make_regularizer
 
 
 class ModalityEncoder(keras.layers.Layer):
-    """Encodes one single-channel image [B, D, H, W, 1] into ``levels`` feature maps, finest first."""
+    """Encodes an image [B, D, H, W, C_in] into ``levels`` feature maps, finest first.
+
+    C_in is 1 for one modality (U-HVED, U-HeMIS); the 1x1x1 stem takes any channel count, so
+    :class:`~uhved_tf.model.single.Single` feeds it its concatenated modalities."""
 
     def __init__(self, base_width: int = 8, levels: int = 4, activation: str = "leakyrelu",
                  weight_decay: float = 0.0, reg_type: str = "L2", **kwargs):
@@ -24,7 +27,7 @@ class ModalityEncoder(keras.layers.Layer):
         self.activation = activation
         self.weight_decay = weight_decay
         self.reg_type = reg_type
-        self._act = get_activation(activation)
+        self._act = get_activation(activation, after_conv=True)
         self.stem = keras.layers.Conv3D(base_width, 1, name="conv_0", kernel_initializer="he_normal",
                                         kernel_regularizer=make_regularizer(weight_decay, reg_type))
         self.blocks = [

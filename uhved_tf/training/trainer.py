@@ -72,6 +72,9 @@ class Trainer:
         self.checkpoint = model_checkpoint(model, optimizer=self.optimizer, iteration=self.iteration)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(checkpoint_dir(self.model_dir)),
                                                   max_to_keep=settings.max_checkpoints, checkpoint_name="ckpt")
+        # The best validation checkpoint, kept apart from the rolling ones.
+        self.best_manager = tf.train.CheckpointManager(self.checkpoint, str(self.model_dir / "checkpoints_best"),
+                                                       max_to_keep=1, checkpoint_name="best")
         self._step_fn = None
 
     # --- checkpoints ------------------------------------------------------------------------
@@ -89,6 +92,11 @@ class Trainer:
         path = self.manager.save(checkpoint_number=int(self.iteration.numpy()))
         log.info("saved checkpoint %s", path)
         return path
+
+    best_score = None
+
+    def _validate(self, validator, it, writer, early_stopping) -> bool:
+        return _validation_step(self, validator, it, writer, early_stopping)
 
     # --- the step ---------------------------------------------------------------------------
     def _build_step(self):
@@ -126,7 +134,11 @@ class Trainer:
         return step
 
     # --- the loop ---------------------------------------------------------------------------
-    def fit(self, dataset, start_iteration: int = 0, progress: bool = True, on_iteration=None) -> dict:
+    def fit(self, dataset, start_iteration: int = 0, progress: bool = True, on_iteration=None,
+            validator=None, validation_every_n: int = 0, early_stopping=None) -> dict:
+        """Train from ``start_iteration`` to ``max_iter``. With a ``validator`` (model -> dict with
+        ``score``), validate every ``validation_every_n`` iterations, keep the best checkpoint and
+        stop early when ``early_stopping.update(score)`` says so."""
         s = self.settings
         self.iteration.assign(start_iteration)
         if self._step_fn is None:
@@ -137,6 +149,15 @@ class Trainer:
         new_csv = not csv_path.exists()
         if not new_csv:
             _truncate_csv_after(csv_path, start_iteration)
+        val_csv = self.model_dir / "validation.csv"
+        if val_csv.exists():
+            # Resuming: forget validations after the checkpoint, restore the best score and the
+            # early-stopping history from those before it.
+            scores = _truncate_csv_after(val_csv, start_iteration, field="score")
+            if scores:
+                self.best_score = max(scores)
+                if early_stopping is not None:
+                    early_stopping.scores = list(scores)
         bar = Progress(s.max_iter, start=start_iteration, desc="train", enabled=progress)
         last_terms: dict = {}
         it = start_iteration
@@ -174,6 +195,12 @@ class Trainer:
                     if s.save_every_n > 0 and it % s.save_every_n == 0:
                         self.save()
                         saved_at = it
+                    if validator is not None and validation_every_n > 0 and it % validation_every_n == 0:
+                        stop = self._validate(validator, it, writer, early_stopping)
+                        if stop:
+                            log.info("early stopping at iteration %d: no improvement of the validation score",
+                                     it)
+                            break
             except KeyboardInterrupt:
                 bar.close()
                 log.warning("interrupted at iteration %d: saving a checkpoint before exiting", it)
@@ -188,16 +215,49 @@ class Trainer:
         return last_terms
 
 
-def _truncate_csv_after(path: Path, iteration: int) -> None:
-    """On resume, drop rows logged after the checkpoint we resume from (they will be redone)."""
+def _validation_step(trainer, validator, it, writer, early_stopping) -> bool:
+    t0 = time.perf_counter()
+    result = validator(trainer.model)
+    images = result.pop("images", {})
+    score = result["score"]
+    path = trainer.model_dir / "validation.csv"
+    new = not path.exists()
+    keys = sorted(result)
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["iteration", *keys])
+        w.writerow([it, *[result[k] for k in keys]])
+    with writer.as_default(step=it):
+        for k, v in result.items():
+            tf.summary.scalar(f"validation/{k}", v)
+        for name, img in images.items():
+            tf.summary.image(name, img[None], max_outputs=1)
+    writer.flush()
+    best = trainer.best_score
+    if best is None or score > best:
+        trainer.best_score = score
+        trainer.best_manager.save(checkpoint_number=it)
+        log.info("validation at %d: mean Dice %.4f (best so far, saved) [%.1f s]", it, score,
+                 time.perf_counter() - t0)
+    else:
+        log.info("validation at %d: mean Dice %.4f (best %.4f) [%.1f s]", it, score, best, time.perf_counter() - t0)
+    return bool(early_stopping is not None and early_stopping.update(score))
+
+
+def _truncate_csv_after(path: Path, iteration: int, field: str | None = None) -> list[float]:
+    """On resume, drop rows logged after the checkpoint we resume from (they will be redone).
+    Returns the values of column ``field`` in the rows kept."""
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        fieldnames = reader.fieldnames or list(METRIC_FIELDS)
+        rows = list(reader)
     keep = [r for r in rows if r.get("iteration", "").isdigit() and int(r["iteration"]) <= iteration]
-    if len(keep) == len(rows):
-        return
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        w.writeheader()
-        w.writerows(keep)
-    tmp.replace(path)
+    if len(keep) != len(rows):
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fieldnames)
+            w.writeheader()
+            w.writerows(keep)
+        tmp.replace(path)
+    return [float(r[field]) for r in keep] if field else []

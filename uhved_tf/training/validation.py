@@ -1,0 +1,105 @@
+"""Validation during training: Dice on the validation split for a fixed set of subsets, and
+early stopping.
+
+The validation cases are preprocessed once and kept in memory. Each round segments them with the
+posterior mean (``samples = 0``: deterministic and cheap) for every subset (encoders once per
+window), scores whole / core / enhancing Dice on the working grid and returns the mean over
+regions, subsets and cases as the score to maximise. TensorBoard gets the scores and, for the
+first case, the middle axial slice of the inputs, the syntheses of the full subset and the
+segmentation next to the ground truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from uhved_tf.evaluation.metrics import dice, region_mask
+
+log = logging.getLogger(__name__)
+
+REGIONS = ("whole", "core", "enhancing")
+# RGB per BraTS label for the segmentation images: green oedema, red core, blue enhancing.
+LABEL_COLOURS = {0: (0, 0, 0), 1: (255, 0, 0), 2: (0, 255, 0), 4: (0, 0, 255)}
+
+
+class Validator:
+    def __init__(self, app, subjects, subsets):
+        self.app = app
+        self.subsets = [tuple(s) for s in subsets]
+        settings = app.preprocess_settings()
+        self.cases = [app.load_case(s, settings) for s in subjects]
+        self.cases = [c for c in self.cases if c.label is not None]
+        self.label_values = tuple(app.cfg.task.label_values)
+
+    def __call__(self, model) -> dict:
+        """Returns {"score": mean Dice, "dice/<region>/<subset>": ..., "images": {...}}."""
+        per = {(r, s): [] for r in REGIONS for s in self.subsets}
+        images = {}
+        for i, case in enumerate(self.cases):
+            results = self.app.predict_case(model, case, self.subsets, samples=0)
+            ref = np.asarray(self.label_values)[case.label]
+            for subset, res in zip(self.subsets, results):
+                pred = np.asarray(self.label_values)[np.argmax(res["seg_prob"], axis=-1)]
+                for r in REGIONS:
+                    per[(r, subset)].append(dice(region_mask(pred, r), region_mask(ref, r)))
+            if i == 0:
+                images = self._images(case, results, ref)
+        out = {f"dice/{r}/{'+'.join(s)}": float(np.mean(v)) for (r, s), v in per.items()}
+        for r in REGIONS:
+            out[f"dice/{r}"] = float(np.mean([np.mean(per[(r, s)]) for s in self.subsets]))
+        out["score"] = float(np.mean([out[f"dice/{r}"] for r in REGIONS]))
+        out["images"] = images
+        return out
+
+    def _images(self, case, results, ref) -> dict:
+        z = case.image.shape[2] // 2
+        full = results[int(np.argmax([len(s) for s in self.subsets]))]
+        imgs = {}
+        for i, m in enumerate(self.app.cfg.modalities):
+            imgs[f"input/{m}"] = _gray(case.image[:, :, z, i])
+            if "synth" in full:
+                imgs[f"synth/{m}"] = _gray(full["synth"][:, :, z, i])
+        pred = np.asarray(self.label_values)[np.argmax(full["seg_prob"], axis=-1)]
+        imgs["segmentation/prediction"] = _colour(pred[:, :, z])
+        imgs["segmentation/ground_truth"] = _colour(ref[:, :, z])
+        return imgs
+
+
+def _gray(slice2d) -> np.ndarray:
+    lo, hi = np.percentile(slice2d, [1, 99])
+    scaled = np.clip((slice2d - lo) / max(hi - lo, 1e-6), 0, 1)
+    return np.repeat((255 * scaled).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def _colour(labels2d) -> np.ndarray:
+    out = np.zeros(labels2d.shape + (3,), np.uint8)
+    for value, rgb in LABEL_COLOURS.items():
+        out[labels2d == value] = rgb
+    return out
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when the validation score has not improved for ``patience`` validation rounds
+    (``mode = mean``: the mean of the last ``patience`` scores is not above the best score before
+    them; ``validation_up``: the score fell ``patience`` rounds in a row)."""
+
+    patience: int
+    mode: str = "mean"
+    scores: list = field(default_factory=list)
+
+    SUPPORTED = ("mean", "validation_up")
+
+    def update(self, score: float) -> bool:
+        self.scores.append(score)
+        p = self.patience
+        if p <= 0 or len(self.scores) <= p:
+            return False
+        if self.mode == "validation_up":
+            recent = self.scores[-(p + 1):]
+            return all(b < a for a, b in zip(recent, recent[1:]))
+        before, recent = self.scores[:-p], self.scores[-p:]
+        return float(np.mean(recent)) <= max(before)
