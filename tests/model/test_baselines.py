@@ -49,7 +49,6 @@ BASE = 2
 BATCH = 2
 DECAY = 1e-4     # non-zero, so that the weight-decay term is exercised
 SUBSETS = all_subsets(M)
-INCOMPLETE = [s for s in SUBSETS if len(s) < M]
 FUSING = ("u_hemis", "hemis")  # the networks with HeMIS fusion
 POISONS = (1e30, np.inf, -np.inf, np.nan)
 
@@ -407,3 +406,11 @@ def test_two_training_iterations_through_the_trainer(name, tmp_path):
     assert all(np.isfinite(float(r["total"])) for r in rows) and all(r["kl"] == "" for r in rows)
     assert any(not np.array_equal(a, b) for a, b in zip(before, net.get_weights()))
     assert (tmp_path / "checkpoints" / "ckpt-2.index").exists()
+
+
+def test_window_predictor_refuses_a_single_network_its_missing_modalities_up_front(nets):
+    from uhved_tf.inference.predictor import WindowPredictor
+
+    with pytest.raises(MissingModalityError, match="needs Flair"):
+        WindowPredictor(nets["single"], mask_of((1, 3), (1,)), samples=0)
+    assert WindowPredictor(nets["single"], mask_of((1, 3), (0, 1, 3)), samples=0).num_subsets == 2

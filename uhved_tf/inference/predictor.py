@@ -24,6 +24,11 @@ class WindowPredictor:
     def __init__(self, model, subset_masks, samples: int = 10, seed: int = 0):
         self.model = model
         self.subset_masks = tf.constant(np.asarray(subset_masks, np.float32))
+        # Networks that cannot take every subset (Single) refuse here, with a one-line error,
+        # rather than in a run-time assertion inside the traced function.
+        check = getattr(model, "check_modality_mask", None)
+        if check is not None:
+            check(self.subset_masks)
         self.num_subsets = int(self.subset_masks.shape[0])
         self.samples = int(samples)
         self.seed = int(seed)

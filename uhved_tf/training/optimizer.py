@@ -23,8 +23,11 @@ class FusedOptimizer(tf.Module):
         if name not in SUPPORTED:
             raise ConfigError(f'[TRAINING] optimiser = "{name}": expected one of {", ".join(SUPPORTED)}')
         self.kind = name
-        self.learning_rate = tf.Variable(float(learning_rate), trainable=False, dtype=tf.float32, name="lr")
-        self.iterations = tf.Variable(0, trainable=False, dtype=tf.int64, name="iterations")
+        # Written from replica context under tf.distribute: every replica computes the same value.
+        first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        self.learning_rate = tf.Variable(float(learning_rate), trainable=False, dtype=tf.float32, name="lr",
+                                         aggregation=first)
+        self.iterations = tf.Variable(0, trainable=False, dtype=tf.int64, name="iterations", aggregation=first)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
         self.momentum, self.rho = momentum, rho
         # The tf.Variables behind Keras Variables (their handles feed the fused kernels).

@@ -65,6 +65,8 @@ class Trainer:
         self.settings = settings
         self.model_dir = Path(model_dir)
         self.strategy = strategy or tf.distribute.get_strategy()
+        log.info("training with %s on %d replica(s)", type(self.strategy).__name__,
+                 self.strategy.num_replicas_in_sync)
         with self.strategy.scope():
             self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration",
                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
