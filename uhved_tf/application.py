@@ -316,7 +316,10 @@ class Application:
         ckdir = checkpoint_dir(self.model_dir)
         path = tf.train.latest_checkpoint(str(ckdir)) if it < 0 else str(ckdir / f"ckpt-{it}")
         if path is None or not Path(path + ".index").exists():
-            raise UhvedError(f"no checkpoint {'(latest)' if it < 0 else it} in {ckdir}")
+            have = sorted(int(p.name[len("ckpt-"):-len(".index")]) for p in ckdir.glob("ckpt-*.index"))
+            hint = (f"; available: {', '.join(map(str, have))} (set [INFERENCE] inference_iter = -1 for the latest)"
+                    if have else "; train first")
+            raise UhvedError(f"no checkpoint {'(latest)' if it < 0 else it} in {ckdir}{hint}")
         from uhved_tf.training.checkpoint import restore_model
         try:
             restore_model(model, path)

@@ -392,12 +392,8 @@ def test_empty_arrays_and_bad_arrays():
 def test_spatial_atleast3d_pads_with_one(text, expected):
     assert S.Spatial("atleast3d", lo=1).parse(text) == expected
     overrides = [f"INFERENCE.spatial_window_size={text}", "NETWORK.levels=2"]
-    if 1 in expected:  # through the config, the padded 1 is not divisible by 2^(levels-1)
-        msg = error_of(MINIMAL, set_overrides=overrides)
-        assert f"[INFERENCE] spatial_window_size = {', '.join(map(str, expected))}" in msg
-        assert "1 is not divisible by 2" in msg
-    else:
-        assert parse(set_overrides=overrides).inference.spatial_window_size == expected
+    # Through the config, a padded 1 is not divisible by 2^(levels-1) = 2: rounded up, with a warning.
+    assert parse(set_overrides=overrides).inference.spatial_window_size == tuple(max(2, e) for e in expected)
 
 
 @pytest.mark.parametrize("text, expected", [("10", (10, 10, 10)), ("4, 2", (4, 2, 2)), ("1, 2, 3", (1, 2, 3)),
@@ -432,7 +428,8 @@ def test_window_not_divisible_gives_nearest_sizes():
     msg = error_of(MINIMAL, set_overrides=["T1.spatial_window_size=17, 32, 32"])
     assert "[T1] spatial_window_size = 17, 32, 32" in msg
     assert "17 is not divisible by 8 (2^(levels-1) with levels=4); use 16 or 24" in msg
-    assert "use 8" in error_of(MINIMAL, set_overrides=["INFERENCE.spatial_window_size=4, 8, 8"])
+    # The inference window only tiles the volume: rounded up to the next valid size, with a warning.
+    assert parse(set_overrides=["INFERENCE.spatial_window_size=140, 8, 8"]).inference.spatial_window_size == (144, 8, 8)
     # levels changes the divisor
     assert parse(MINIMAL.replace("32, 32, 32", "20, 20, 20"), set_overrides=["NETWORK.levels=3"])
 

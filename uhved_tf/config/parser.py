@@ -581,7 +581,17 @@ def _cross_check(sections: dict[str, dict[str, Any]], inputs: dict[str, dict[str
                           f"use the same size everywhere (or leave it empty)")
     train_window = next(iter(windows.values()))
     if infer["spatial_window_size"]:
-        _check_window("INFERENCE", "spatial_window_size", infer["spatial_window_size"], levels, where)
+        # The inference window only tiles the volume: a size the network cannot take (NiftyNet's
+        # U-HVED used 140 with 3 poolings) is rounded up, loudly, instead of failing or silently
+        # producing a smaller output.
+        divisor = 2 ** (levels - 1)
+        window = infer["spatial_window_size"]
+        rounded = tuple(-(-w // divisor) * divisor for w in window)
+        if rounded != tuple(window):
+            logger.warning("[INFERENCE] spatial_window_size = %s in %s is not divisible by %d (2^(levels-1)); "
+                           "using %s", ", ".join(map(str, window)), where, divisor,
+                           ", ".join(map(str, rounded)))
+            infer["spatial_window_size"] = rounded
     else:
         infer["spatial_window_size"] = train_window
     for axis, (size, border) in enumerate(zip(infer["spatial_window_size"], infer["border"])):

@@ -615,7 +615,7 @@ NETWORK_KEYS: tuple[Key, ...] = (
     K("volume_padding_to_size", Spatial("repeat", lo=0), (0, 0, 0),
       "NiftyNet: pad volumes up to this size", used=False, note=_NIFTYNET_ONLY),
     K("window_sampling", Choice("uniform", "resize", "balanced", "weighted", "patch"), "uniform",
-      "Training patch sampler; balanced/weighted need [MULTIMODAL] sampler"),
+      "Training window sampler: uniform, balanced (each label class equally likely at the centre) or weighted (tumour voxels 10x more likely)"),
     K("force_output_identity_resizing", Bool(), False, "NiftyNet regression output option",
       used=False, note="regression only"),
     K("queue_length", Int(lo=1), 5, "Patches buffered ahead of training (at least 5 x batch_size are used)"),

@@ -185,8 +185,8 @@ class Trainer:
                     row = {"iteration": it, "lr": lr, "seconds": round(time.perf_counter() - t_start, 3),
                            **{k: last_terms.get(k, "") for k in METRIC_FIELDS[2:-1]}}
                     out.writerow(row)
+                    fcsv.flush()   # one short line: a killed run loses no logged iteration
                     if it % max(1, s.tensorboard_every_n) == 0 or it == s.max_iter or it == start_iteration + 1:
-                        fcsv.flush()
                         with writer.as_default(step=it):
                             tf.summary.scalar("lr", lr)
                             for k, v in last_terms.items():
@@ -205,8 +205,8 @@ class Trainer:
                             break
             except KeyboardInterrupt:
                 bar.close()
-                log.warning("interrupted at iteration %d: saving a checkpoint before exiting", it)
-                if saved_at != it:
+                if saved_at != it and it > start_iteration:
+                    log.warning("interrupted at iteration %d: saving a checkpoint before exiting", it)
                     self.save()
                 raise
             finally:
