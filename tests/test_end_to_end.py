@@ -167,13 +167,20 @@ def test_inference_outputs_land_on_the_input_grid(trained, tmp_path):
 
 def test_evaluate_prints_dice_per_subset(trained, tmp_path):
     root, cfg, _ = trained
-    proc = run_cli("evaluate", "-c", cfg, "--subsets", "full;T1c,Flair", "-o", tmp_path / "ev", "-q")
+    proc = run_cli("evaluate", "-c", cfg, "--subsets", "full;T1c,Flair", "-o", tmp_path / "ev", "-q", "--figure")
     assert "T1+T1c+T2+Flair" in proc.stdout and "T1c+Flair" in proc.stdout
     rows = list(csv.DictReader(open(tmp_path / "ev" / "per_case.csv")))
     assert len(rows) == 2   # 1 inference case x 2 subsets
     for r in rows:
         assert 0.0 <= float(r["dice_whole"]) <= 1.0
     assert (tmp_path / "ev" / "table.md").read_text().count("●") >= 6
+    assert {"psnr_T1", "ssim_Flair", "mae_T2"} <= set(rows[0])          # synthesis quality
+    assert "PSNR" in (tmp_path / "ev" / "synthesis.md").read_text()
+    assert list((tmp_path / "ev").glob("figure_*.png"))
+    # Comparing a model with itself: nothing is significant.
+    cmp = run_cli("evaluate", "-c", cfg, "--compare", tmp_path / "ev", tmp_path / "ev", "-o", tmp_path / "cmp", "-q")
+    assert (tmp_path / "cmp" / "compare.md").read_text().count("●") >= 6 and "compare.md" in cmp.stdout
+    assert all(r["significant"] in ("False", "0", "false") for r in csv.DictReader(open(tmp_path / "cmp" / "compare.csv")))
 
 
 @pytest.mark.parametrize("case", ["unknown_key", "missing_file", "shape_mismatch"])

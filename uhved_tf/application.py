@@ -412,9 +412,10 @@ class Application:
         return failed
 
     # --- evaluation --------------------------------------------------------------------------
-    def evaluate(self, subsets, phase: str = "Inference", out_dir: Path | None = None, progress=True):
+    def evaluate(self, subsets, phase: str = "Inference", out_dir: Path | None = None, progress=True,
+                 figure: bool = False):
         from uhved_tf.evaluation.report import evaluate_subjects
-        return evaluate_subjects(self, subsets, phase=phase, out_dir=out_dir, progress=progress)
+        return evaluate_subjects(self, subsets, phase=phase, out_dir=out_dir, progress=progress, figure=figure)
 
 
 def _volumes(res, case, label_values):

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='"all" (15 subsets), "full", "singles" or e.g. "T1c,Flair;T2" (default: all)')
     p.add_argument("--dataset", choices=["inference", "validation", "training"], default="inference")
     p.add_argument("-o", "--output", help="report folder (default: [EVALUATION] save_csv_dir)")
+    p.add_argument("--figure", action="store_true", help="also draw the paper's Fig. 3 for the first case (PNG)")
+    p.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"),
+                   help="compare two evaluation folders (per_case.csv) with a Wilcoxon test per subset and region")
 
     p = sub.add_parser("demo-data", help="write the synthetic BraTS-like demo data set")
     p.add_argument("output", help="folder to write (BraTS 2018 layout)")
@@ -175,12 +178,33 @@ def _cmd_inference(args, cfg) -> int:
 
 def _cmd_evaluate(args, cfg) -> int:
     from uhved_tf.application import Application, parse_subsets
+    if args.compare:
+        return _compare(args, cfg)
     app = Application(cfg)
     subsets = parse_subsets(args.subsets, cfg.modalities)
     report = app.evaluate(subsets, phase=args.dataset.capitalize(),
-                          out_dir=Path(args.output) if args.output else None, progress=not args.quiet)
+                          out_dir=Path(args.output) if args.output else None, progress=not args.quiet,
+                          figure=args.figure)
     print(format_summary(report["summary"], cfg.modalities, subsets))
     print(f"reports in {report['out_dir']}")
+    return 0
+
+
+def _compare(args, cfg) -> int:
+    from uhved_tf.evaluation.compare import compare, compare_csv, compare_markdown, load_per_case
+
+    dir_a, dir_b = (Path(d) for d in args.compare)
+    rows_a, rows_b = load_per_case(dir_a), load_per_case(dir_b)
+    result = compare(rows_a, rows_b)
+    order = list(dict.fromkeys(r["subset"] for r in rows_a if r["subset"] in {x["subset"] for x in rows_b}))
+    subsets = [tuple(name.split("+")) for name in order]
+    table = compare_markdown(result, subsets, cfg.modalities, dir_a.name or str(dir_a), dir_b.name or str(dir_b))
+    out = Path(args.output) if args.output else Path(cfg.evaluation.save_csv_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    compare_csv(result, out / "compare.csv")
+    (out / "compare.md").write_text(table)
+    print(table)
+    print(f"comparison in {out / 'compare.md'} and {out / 'compare.csv'}")
     return 0
 
 

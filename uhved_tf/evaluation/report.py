@@ -16,6 +16,7 @@ import numpy as np
 from uhved_tf.data import preprocessing as pp
 from uhved_tf.errors import DataError
 from uhved_tf.evaluation.metrics import evaluate_case
+from uhved_tf.evaluation.synthesis import synthesis_scores, synthesis_table_markdown
 from uhved_tf.io.discovery import subjects_in
 from uhved_tf.io.nifti import to_original_grid
 
@@ -33,7 +34,11 @@ def _read_reference(path) -> tuple[np.ndarray, tuple]:
     return np.rint(data).astype(np.int32), tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
-def evaluate_subjects(app, subsets, phase="Inference", out_dir=None, progress=True) -> dict:
+def evaluate_subjects(app, subsets, phase="Inference", out_dir=None, progress=True, figure: bool = False) -> dict:
+    """Segmentation metrics (in the label file's grid and spacing) and, for networks that
+    synthesise, PSNR / SSIM / MAE of every synthesised modality against the real one inside the
+    brain (in the normalised space the network works in), per case and subset. ``figure``: also
+    draw the paper's Fig. 3 for the first case."""
     from uhved_tf.training.progress import Progress
 
     cfg = app.cfg
@@ -48,17 +53,36 @@ def evaluate_subjects(app, subsets, phase="Inference", out_dir=None, progress=Tr
     out_dir = Path(out_dir or cfg.evaluation.save_csv_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
+    figure_rows_done = False
     bar = Progress(len(chosen), desc="evaluate", enabled=progress)
     for subject in chosen:
         case = app.load_case(subject, settings, with_label=False)
         ref, spacing = _read_reference(subject.files[cfg.label_section])
         results = app.predict_case(model, case, subsets)
+        brain = np.any(case.image != 0, axis=-1)
+        figure_rows = []
         for subset, res in zip(subsets, results):
             classes = np.argmax(res["seg_prob"], axis=-1).astype(np.int32)
             labels = pp.unmap_labels(pp.uncrop(classes, case.box, fill=0), cfg.task.label_values, dtype=np.int32)
             pred = to_original_grid(labels, case.geometry, interp_order=0)
             scores = evaluate_case(pred, ref, spacing, et_min_voxels=cfg.evaluation.et_min_voxels)
+            if "synth" in res:
+                present = [m for m, on in zip(cfg.modalities, case.data_mask) if on]
+                synth = synthesis_scores(res["synth"][..., [cfg.modalities.index(m) for m in present]],
+                                         case.image[..., [cfg.modalities.index(m) for m in present]],
+                                         brain, present)
+                scores.update(synth)
             rows.append({"subject": subject.id, "subset": "+".join(subset), **scores})
+            if figure and not figure_rows_done:
+                figure_rows.append((subset, {"synth": res.get("synth", np.zeros(case.image.shape, np.float32)),
+                                             "seg": np.asarray(cfg.task.label_values)[classes]}))
+        if figure and not figure_rows_done and figure_rows:
+            from uhved_tf.evaluation.figure import figure3
+            inputs = {m: case.image[..., i] for i, m in enumerate(cfg.modalities)}
+            show = tuple(m for m in ("Flair", "T1") if m in cfg.modalities) or tuple(cfg.modalities[:2])
+            path = figure3(inputs, figure_rows, cfg.modalities, out_dir / f"figure_{subject.id}.png", show=show)
+            log.info("figure written to %s", path)
+            figure_rows_done = True
         bar.update(1, subject.id)
     bar.close()
     summary = summarise(rows, subsets)
@@ -91,6 +115,8 @@ def write_reports(rows, summary, subsets, modalities, out_dir: Path) -> None:
             w.writerow([name, *[vals.get(k, "") for k in keys]])
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "table.md").write_text(markdown_table(summary, subsets, modalities))
+    if any(k.startswith("psnr_") for v in summary.values() for k in v):
+        (out_dir / "synthesis.md").write_text(synthesis_table_markdown(summary, subsets, modalities))
 
 
 def markdown_table(summary, subsets, modalities) -> str:
