@@ -347,7 +347,8 @@ class Application:
         masks = np.stack(masks)
         key = (id(model), masks.tobytes(), samples)
         if key not in self._predictors:
-            self._predictors[key] = WindowPredictor(model, masks, samples=samples, seed=self.cfg.system.seed)
+            self._predictors[key] = WindowPredictor(model, masks, samples=samples, seed=self.cfg.system.seed,
+                                                    tta=inf.tta)
         return predict_volume(self._predictors[key], case.image, self.inference_window(), overlap=inf.window_overlap,
                               blend_mode=inf.blend_mode, border=tuple(inf.border),
                               batch_size=max(1, self.cfg.network.batch_size), progress=progress)

@@ -737,7 +737,7 @@ INFERENCE_KEYS: tuple[Key, ...] = (
       "Modalities given to the model at inference (names from [MULTIMODAL] image); empty = all"),
     K("window_overlap", Float(0, 1, hi_open=True), 0.5, "Overlap of neighbouring inference windows (fraction)"),
     K("blend_mode", Choice("gaussian", "constant"), "gaussian", "Weighting of overlapping windows"),
-    K("tta", Bool(), False, "Test-time augmentation by flipping", used=False, note='not implemented yet (test-time mirroring)'),
+    K("tta", Bool(), False, "Test-time augmentation: average the predictions of the 8 mirrorings of each window (8x the cost)"),
     K("output_prob", Bool(), False,
       "Write class probabilities as well as the label map ([MULTIMODAL] output_prob = True also turns it on)"),
     K("save_uncertainty", Bool(), True, "Write the per-voxel uncertainty of the posterior samples"),

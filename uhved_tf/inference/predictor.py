@@ -16,43 +16,69 @@ import numpy as np
 import tensorflow as tf
 
 from uhved_tf.inference.sliding_window import sliding_window_inference
+from uhved_tf.model.base import entropy
 
 log = logging.getLogger(__name__)
 
 
+# Test-time augmentation: every combination of mirroring the three spatial axes (nnU-Net's).
+TTA_FLIPS = ((), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2))
+
+
 class WindowPredictor:
-    def __init__(self, model, subset_masks, samples: int = 10, seed: int = 0):
+    """Callable for the sliding window: [N, d, h, w, M] windows -> {"<output>/<subset index>": ...}.
+
+    The sample seed of a subset depends on the subset itself (its modality bit code), not on its
+    position in the list, so predicting all 15 subsets at once gives exactly what 15 separate runs
+    give. With ``tta`` every window is also predicted mirrored along each combination of axes and
+    the un-mirrored probabilities and syntheses are averaged (the uncertainty is the entropy of
+    the averaged probabilities).
+    """
+
+    def __init__(self, model, subset_masks, samples: int = 10, seed: int = 0, tta: bool = False):
         self.model = model
-        self.subset_masks = tf.constant(np.asarray(subset_masks, np.float32))
+        masks = np.asarray(subset_masks, np.float32)
+        self.subset_masks = tf.constant(masks)
         # Networks that cannot take every subset (Single) refuse here, with a one-line error,
         # rather than in a run-time assertion inside the traced function.
         check = getattr(model, "check_modality_mask", None)
         if check is not None:
             check(self.subset_masks)
-        self.num_subsets = int(self.subset_masks.shape[0])
+        self.num_subsets = int(masks.shape[0])
+        self.codes = [int(sum(int(v) << i for i, v in enumerate(m > 0))) for m in masks]
         self.samples = int(samples)
         self.seed = int(seed)
+        self.flips = TTA_FLIPS if tta else ((),)
         self.calls = 0
         self.encode_once = hasattr(model, "encode") and hasattr(model, "predict_from_posteriors")
-        window_spec = tf.TensorSpec([None, None, None, None, int(self.subset_masks.shape[1])], tf.float32)
+        window_spec = tf.TensorSpec([None, None, None, None, int(masks.shape[1])], tf.float32)
         self._fn = tf.function(self._predict, input_signature=[window_spec, tf.TensorSpec([2], tf.int64)])
 
     def _predict(self, windows, seed):
         n = tf.shape(windows)[0]
         outputs = {}
-        encodings = self.model.encode(windows) if self.encode_once else None
+        weight = 1.0 / len(self.flips)
+        for f_index, flip in enumerate(self.flips):
+            axes = [a + 1 for a in flip]
+            x = tf.reverse(windows, axis=axes) if axes else windows
+            encodings = self.model.encode(x) if self.encode_once else None
+            for s in range(self.num_subsets):
+                mask = tf.tile(self.subset_masks[s][None, :], [n, 1])
+                sub_seed = tf.stack([seed[0], seed[1] * 4096 + self.codes[s] * 16 + f_index])
+                if self.encode_once:
+                    out = self.model.predict_from_posteriors(self.model.fuse(encodings, mask),
+                                                             self.samples, sub_seed)
+                else:
+                    out = self.model.predict_windows(x, mask, self.samples, sub_seed)
+                for k, v in out.items():
+                    if k == "uncertainty":
+                        continue
+                    v = tf.cast(v, tf.float32)
+                    v = tf.reverse(v, axis=axes) if axes else v
+                    key = f"{k}/{s}"
+                    outputs[key] = outputs[key] + weight * v if key in outputs else weight * v
         for s in range(self.num_subsets):
-            mask = tf.tile(self.subset_masks[s][None, :], [n, 1])
-            sub_seed = tf.stack([seed[0], seed[1] * 64 + s])
-            if self.encode_once:
-                out = self.model.predict_from_posteriors(self.model.fuse(encodings, mask),
-                                                         self.samples, sub_seed)
-            else:
-                out = self.model.predict_windows(windows, mask, self.samples, sub_seed)
-            for k, v in out.items():
-                if k == "uncertainty":
-                    v = v[..., None]
-                outputs[f"{k}/{s}"] = tf.cast(v, tf.float32)
+            outputs[f"uncertainty/{s}"] = entropy(outputs[f"seg_prob/{s}"])[..., None]
         return outputs
 
     def __call__(self, windows: np.ndarray) -> dict:
