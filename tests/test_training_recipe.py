@@ -232,3 +232,27 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny):
     it = latest_iteration(model)
     assert it is not None and it >= 1
     assert metrics(model)[-1][0] == it
+
+
+def test_incomplete_subjects_train_with_allow_missing_modalities(tiny, tmp_path):
+    """A subject without its T2 file: dropped (with a warning) by default, trained on with
+    allow_missing_modalities (its masks never contain T2, its reconstruction loss skips T2)."""
+    root, _, _ = tiny
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    t2 = sorted(data.rglob("*_t2.nii.gz"))[0]
+    t2.unlink()
+    cfg = tmp_path / "tiny.ini"
+    cfg.write_text(TINY_INI.format(data=data, model=tmp_path / "m1"))
+    proc = run_cli("train", "-c", cfg)
+    assert "dropped" in proc.stderr or "no file" in proc.stderr.lower() or "missing" in proc.stderr.lower()
+    split = (tmp_path / "m1" / "dataset_split.csv").read_text()
+    sid = t2.name[: -len("_t2.nii.gz")]
+    assert sid not in split
+    proc = run_cli("train", "-c", cfg, "--set", f"SYSTEM.model_dir={tmp_path / 'm2'}",
+                   "--set", "TRAINING.allow_missing_modalities=True", "--max_iter", "6",
+                   "--set", "TRAINING.exclude_fraction_for_inference=0")
+    assert sid in (tmp_path / "m2" / "dataset_split.csv").read_text()
+    rows = list(csv.DictReader(open(tmp_path / "m2" / "metrics.csv")))
+    assert all(np.isfinite(float(r["total"])) for r in rows)

@@ -395,7 +395,8 @@ class Application:
             t0 = time.perf_counter()
             try:
                 case = self.load_case(subject, settings, with_label=False)
-                results = self.predict_case(model, case, subsets)
+                results = self.predict_case(model, case, subsets,
+                                            progress=_window_progress(case.id) if progress else None)
                 for subset, res in zip(subsets, results):
                     target = out_dir if len(subsets) == 1 else out_dir / "+".join(subset)
                     self.write_outputs(case, res, target, overwrite=overwrite)
@@ -417,6 +418,22 @@ class Application:
                  figure: bool = False):
         from uhved_tf.evaluation.report import evaluate_subjects
         return evaluate_subjects(self, subsets, phase=phase, out_dir=out_dir, progress=progress, figure=figure)
+
+
+def _window_progress(case_id):
+    """A progress bar over the sliding-window batches of one case (created on the first call,
+    when the number of windows is known)."""
+    from uhved_tf.training.progress import Progress
+    state = {}
+
+    def update(done, total):
+        if "bar" not in state:
+            state["bar"] = Progress(total, desc=f"  {case_id} windows")
+        bar = state["bar"]
+        bar.update(done - bar.count)
+        if done >= total:
+            bar.close()
+    return update
 
 
 def _volumes(res, case, label_values):

@@ -35,7 +35,8 @@ class ModalityEncoder(keras.layers.Layer):
                       reg_type=reg_type, name=f"block_{k + 1}")
             for k in range(levels)
         ]
-        self.pool = keras.layers.MaxPooling3D(pool_size=2, strides=2, name="pool")
+        # float32 pooling: TensorFlow has no float16 MaxPool3D kernel on CPU.
+        self.pool = keras.layers.MaxPooling3D(pool_size=2, strides=2, name="pool", dtype="float32")
 
     def call(self, x):
         x = self._act(self.stem(x))

@@ -29,7 +29,7 @@ from uhved_tf.training.progress import Progress
 
 log = logging.getLogger(__name__)
 
-METRIC_FIELDS = ("iteration", "lr", "total", "dice", "ce", "recon", "kl", "weight_decay", "seconds")
+METRIC_FIELDS = ("iteration", "lr", "total", "dice", "ce", "recon", "kl", "weight_decay", "seconds", "subsets")
 
 
 @dataclass
@@ -97,6 +97,10 @@ class Trainer:
 
     best_score = None
 
+    def _subset_names(self, masks) -> list[str]:
+        names = getattr(self.model, "modalities", None) or [f"m{i}" for i in range(masks.shape[-1])]
+        return ["+".join(n for n, on in zip(names, row) if on > 0) for row in masks]
+
     def _validate(self, validator, it, writer, early_stopping) -> bool:
         return _validation_step(self, validator, it, writer, early_stopping)
 
@@ -131,7 +135,12 @@ class Trainer:
         @tf.function(reduce_retracing=True)
         def step(dist_batch, seed):
             per_replica = strategy.run(replica_step, args=(dist_batch, seed))
-            return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
+            out = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
+            # The modality subsets this step trained on (all replicas), for the metrics CSV.
+            masks = dist_batch["modality_mask"]
+            out["modality_mask"] = strategy.gather(masks, axis=0) if strategy.num_replicas_in_sync > 1 else (
+                strategy.experimental_local_results(masks)[0])
+            return out
 
         return step
 
@@ -179,11 +188,12 @@ class Trainer:
                     terms = self._step_fn(batch, seed)
                     it += 1
                     self.iteration.assign(it)
+                    subsets = ";".join(self._subset_names(terms.pop("modality_mask").numpy()))
                     last_terms = {k: float(v) for k, v in terms.items()}
                     if not all(math.isfinite(v) for v in last_terms.values()):
                         raise FloatingPointError(f"non-finite loss at iteration {it}: {last_terms}")
                     row = {"iteration": it, "lr": lr, "seconds": round(time.perf_counter() - t_start, 3),
-                           **{k: last_terms.get(k, "") for k in METRIC_FIELDS[2:-1]}}
+                           "subsets": subsets, **{k: last_terms.get(k, "") for k in METRIC_FIELDS[2:-2]}}
                     out.writerow(row)
                     fcsv.flush()   # one short line: a killed run loses no logged iteration
                     if it % max(1, s.tensorboard_every_n) == 0 or it == s.max_iter or it == start_iteration + 1:

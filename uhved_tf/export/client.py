@@ -1,0 +1,440 @@
+"""Client of a TensorFlow Serving model exported by :mod:`uhved_tf.export.saved_model`.
+
+A case (NIfTI files of any subset of the modalities) is prepared exactly as for training
+(:meth:`Application.load_case`: reorientation, resampling, crop to the brain, Nyul
+standardisation, whitening; checked against the export's ``metadata.json``), sent to the
+``segment_volume`` signature over REST or gRPC, and the answer is written back onto the input
+files' grid by :meth:`Application.write_outputs` (segmentation in the label file's values,
+synthesis of every modality, uncertainty).
+
+Requests and answers are built and parsed by pure functions (:func:`build_rest_request`,
+:func:`parse_rest_response`, :func:`build_grpc_request`, :func:`parse_grpc_response`); transport
+problems become one-line :class:`ServingError` messages (server unreachable, model not found,
+server error, timeout).
+
+REST (``POST http://HOST:PORT/v1/models/NAME[/versions/N]:predict``) uses TF Serving's columnar
+JSON: ``{"signature_name": ..., "inputs": {name: nested lists}}`` -> ``{"outputs": {name: nested
+lists}}``. Numbers are written with Python's shortest round-trip repr of each float32 value, so
+the server gets exactly the client's float32 arrays. gRPC (``tensorflow-serving-api``, imported
+only when used) sends binary tensors and is much smaller for whole volumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from uhved_tf.errors import ConfigError, DataError, UhvedError
+from uhved_tf.export.saved_model import (MASK_INPUT, METADATA_FILE, SEGMENT_VOLUME, SERVING_DEFAULT,
+                                         existing_versions, input_names, model_name_for, read_export_metadata,
+                                         synth_names)
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("rest", "grpc")
+SIGNATURES = (SEGMENT_VOLUME, SERVING_DEFAULT)
+DEFAULT_TIMEOUT = 600.0
+GRPC_PIN = "tensorflow-serving-api==2.21.0"
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ServingError(UhvedError):
+    """TensorFlow Serving could not be reached or answered with an error."""
+
+
+def _one_line(text) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# addresses
+# --------------------------------------------------------------------------------------------
+def parse_server(server: str) -> tuple[str, int]:
+    """``HOST:PORT`` (also ``http://HOST:PORT`` or ``[::1]:PORT``) -> ``(host, port)``."""
+    text = str(server).strip()
+    for prefix in ("http://", "grpc://"):
+        if text.lower().startswith(prefix):
+            text = text[len(prefix):]
+    text = text.rstrip("/")
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f'--server "{server}": expected HOST:PORT, e.g. localhost:8501 (REST) or localhost:8500 (gRPC)')
+    return host, int(port)
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def rest_url(host: str, port: int, model: str, version: int | None = None) -> str:
+    path = f"/v1/models/{model}" + (f"/versions/{int(version)}" if version is not None else "")
+    return f"http://{_hostport(host, port)}{path}:predict"
+
+
+def _servable(model: str, version: int | None) -> str:
+    return f'model "{model}"' + (f" version {version}" if version is not None else "")
+
+
+# --------------------------------------------------------------------------------------------
+# REST: pure request / response functions
+# --------------------------------------------------------------------------------------------
+def build_rest_request(inputs: dict, signature: str = SEGMENT_VOLUME) -> dict:
+    """TF Serving's columnar JSON request ``{"signature_name", "inputs": {name: nested lists}}``.
+
+    float arrays are sent as float32 values (exact: Python's float repr round-trips), integer
+    arrays as integers."""
+    body = {}
+    for name, value in inputs.items():
+        arr = np.asarray(value)
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float32, copy=False)
+        elif arr.dtype.kind not in "iub":
+            raise ValueError(f'input "{name}": unsupported dtype {arr.dtype}')
+        body[name] = arr.tolist()
+    return {"signature_name": signature, "inputs": body}
+
+
+def _as_array(name: str, value) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind == "f":
+        return arr.astype(np.float32)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int32)
+    if arr.dtype.kind == "b":
+        return arr
+    raise ServingError(f'output "{name}" of the server is not numeric (got {arr.dtype}; ragged lists?)')
+
+
+def parse_rest_response(body, output_names=None) -> dict:
+    """The JSON answer (dict, str or bytes) -> ``{output name: ndarray}`` (float32 / int32).
+
+    Columnar (``{"outputs": {...}}``, or ``{"outputs": [...]}`` for a one-output signature, named
+    by ``output_names``) and row (``{"predictions": [...]}``) answers are read;
+    ``{"error": ...}`` raises :class:`ServingError` with the server's message."""
+    if isinstance(body, bytes | bytearray):
+        body = body.decode("utf-8", errors="replace")
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            raise ServingError(f"the server's answer is not JSON: {_one_line(body[:200])!r}") from None
+    if not isinstance(body, dict):
+        raise ServingError(f"the server's answer is not a JSON object (got {type(body).__name__})")
+    if "error" in body:
+        raise ServingError(f"server error: {_one_line(body['error'])}")
+    if "outputs" in body:
+        outs = body["outputs"]
+        if isinstance(outs, dict):
+            return {k: _as_array(k, v) for k, v in outs.items()}
+        names = list(output_names or [])
+        if len(names) != 1:
+            raise ServingError("the server answered one unnamed output; expected the named outputs of the signature")
+        return {names[0]: _as_array(names[0], outs)}
+    if "predictions" in body:
+        rows = body["predictions"]
+        if rows and isinstance(rows[0], dict):
+            return {k: _as_array(k, [r[k] for r in rows]) for k in rows[0]}
+        names = list(output_names or [])
+        if len(names) != 1:
+            raise ServingError("the server answered unnamed predictions; expected the named outputs of the signature")
+        return {names[0]: _as_array(names[0], rows)}
+    raise ServingError(f"the server's answer has neither \"outputs\" nor \"predictions\" (keys: {sorted(body)})")
+
+
+def _rest_error_message(status: int, payload: bytes, where: str, model: str, version) -> str:
+    try:
+        message = json.loads(payload.decode("utf-8", errors="replace")).get("error")
+    except (ValueError, AttributeError):
+        message = None
+    message = _one_line(message if message is not None else payload.decode("utf-8", errors="replace")[:300])
+    if status == 404:
+        if "not found" in message.lower() or not message:
+            return (f"{_servable(model, version)} not found at {where}: {message or 'HTTP 404'} "
+                    f"(check --model / --version against the server's --model_name and model_base_path versions)")
+        return f"{where} answered HTTP 404: {message}"
+    return f"TensorFlow Serving at {where} answered HTTP {status}: {message}"
+
+
+def rest_predict(host: str, port: int, model: str, inputs: dict, signature: str = SEGMENT_VOLUME,
+                 version: int | None = None, timeout: float = DEFAULT_TIMEOUT, output_names=None) -> dict:
+    """POST a columnar request; return the parsed outputs or raise :class:`ServingError`."""
+    url = rest_url(host, port, model, version)
+    where = _hostport(host, port)
+    data = json.dumps(build_rest_request(inputs, signature)).encode("utf-8")
+    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    handlers = [urllib.request.ProxyHandler({})] if host in _LOOPBACK else []
+    opener = urllib.request.build_opener(*handlers)
+    log.info("POST %s (%.1f MB, signature %s)", url, len(data) / 1e6, signature)
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            payload = response.read()
+    except urllib.error.HTTPError as exc:
+        raise ServingError(_rest_error_message(exc.code, exc.read() or b"", where, model, version)) from None
+    except urllib.error.URLError as exc:
+        raise ServingError(_transport_message(exc.reason, where, "REST", timeout)) from None
+    except (TimeoutError, socket.timeout, ConnectionError, OSError) as exc:
+        raise ServingError(_transport_message(exc, where, "REST", timeout)) from None
+    return parse_rest_response(payload, output_names)
+
+
+def _transport_message(reason, where: str, protocol: str, timeout: float) -> str:
+    if isinstance(reason, ConnectionRefusedError):
+        return (f"cannot reach TensorFlow Serving at {where} ({protocol}): connection refused; is "
+                f"tensorflow_model_server running with --{'rest_api_port' if protocol == 'REST' else 'port'}"
+                f"={where.rsplit(':', 1)[-1]}?")
+    if isinstance(reason, TimeoutError | socket.timeout):
+        return f"no answer from TensorFlow Serving at {where} ({protocol}) within {timeout:g} s; raise --timeout"
+    if isinstance(reason, socket.gaierror):
+        return f"cannot reach TensorFlow Serving at {where} ({protocol}): unknown host ({_one_line(reason)})"
+    if isinstance(reason, ConnectionError):
+        return f"connection to TensorFlow Serving at {where} ({protocol}) lost: {_one_line(reason) or type(reason).__name__}"
+    return f"cannot reach TensorFlow Serving at {where} ({protocol}): {_one_line(reason) or type(reason).__name__}"
+
+
+# --------------------------------------------------------------------------------------------
+# gRPC: pure request / response functions
+# --------------------------------------------------------------------------------------------
+def _serving_apis():
+    try:
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    except ImportError:
+        raise ConfigError(f"--protocol grpc needs the TensorFlow Serving API package: pip install {GRPC_PIN} "
+                          f"(or use --protocol rest)") from None
+    return predict_pb2, prediction_service_pb2_grpc
+
+
+def build_grpc_request(inputs: dict, signature: str = SEGMENT_VOLUME, model: str = "uhved",
+                       version: int | None = None, output_filter=()):
+    """A ``tensorflow_serving.apis.predict_pb2.PredictRequest`` with ``model_spec`` (name,
+    signature, version) and one ``TensorProto`` per input (``tf.make_tensor_proto``)."""
+    import tensorflow as tf
+
+    predict_pb2, _ = _serving_apis()
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = int(version)
+    for name, value in inputs.items():
+        arr = np.asarray(value)
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float32, copy=False)
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(arr))
+    request.output_filter.extend(list(output_filter))
+    return request
+
+
+def parse_grpc_response(response) -> dict:
+    """``PredictResponse`` -> ``{output name: ndarray}``."""
+    import tensorflow as tf
+    return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+
+def grpc_predict(host: str, port: int, model: str, inputs: dict, signature: str = SEGMENT_VOLUME,
+                 version: int | None = None, timeout: float = DEFAULT_TIMEOUT, output_filter=()) -> dict:
+    import grpc
+
+    _, service = _serving_apis()
+    where = _hostport(host, port)
+    request = build_grpc_request(inputs, signature, model, version, output_filter)
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    log.info("gRPC Predict %s (%.1f MB, model %s, signature %s)", where, request.ByteSize() / 1e6, model, signature)
+    with grpc.insecure_channel(where, options=options) as channel:
+        stub = service.PredictionServiceStub(channel)
+        try:
+            response = stub.Predict(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise ServingError(_grpc_message(exc, where, model, version, timeout)) from None
+    return parse_grpc_response(response)
+
+
+def _grpc_message(exc, where: str, model: str, version, timeout: float) -> str:
+    import grpc
+
+    code = exc.code() if hasattr(exc, "code") else None
+    details = _one_line(exc.details() if hasattr(exc, "details") else exc)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return (f"cannot reach TensorFlow Serving at {where} (gRPC): {details}; is tensorflow_model_server "
+                f"running with --port={where.rsplit(':', 1)[-1]}?")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer from TensorFlow Serving at {where} (gRPC) within {timeout:g} s; raise --timeout"
+    if code == grpc.StatusCode.NOT_FOUND:
+        return (f"{_servable(model, version)} not found at {where}: {details} (check --model / --version against "
+                f"the server's --model_name and model_base_path versions)")
+    name = code.name if code is not None else "error"
+    return f"TensorFlow Serving at {where} answered {name}: {details}"
+
+
+def predict(server: str, model: str, inputs: dict, *, protocol: str = "rest", signature: str = SEGMENT_VOLUME,
+            version: int | None = None, timeout: float = DEFAULT_TIMEOUT, output_names=None) -> dict:
+    """Send ``inputs`` to ``signature`` of ``model`` on ``server`` (HOST:PORT); outputs as arrays."""
+    host, port = parse_server(server)
+    if protocol == "rest":
+        return rest_predict(host, port, model, inputs, signature, version, timeout, output_names)
+    if protocol == "grpc":
+        return grpc_predict(host, port, model, inputs, signature, version, timeout,
+                            output_filter=output_names or ())
+    raise ConfigError(f'--protocol "{protocol}": expected one of {", ".join(PROTOCOLS)}')
+
+
+# --------------------------------------------------------------------------------------------
+# metadata: the client must prepare cases as the exported model was trained
+# --------------------------------------------------------------------------------------------
+def find_metadata(app, model: str, version: int | None, path=None) -> tuple[dict | None, Path | None]:
+    """``--metadata`` if given; else the local export ``<model_dir>/export/<model>/<version or
+    latest>``; else the training ``<model_dir>/metadata.json``; else ``(None, None)``."""
+    if path:
+        return read_export_metadata(path), Path(path)
+    model_dir = Path(app.cfg.system.model_dir)
+    base = model_dir / "export" / model
+    versions = existing_versions(base)
+    chosen = version if version is not None else (max(versions) if versions else None)
+    if chosen is not None and (base / str(chosen) / "assets" / METADATA_FILE).is_file():
+        p = base / str(chosen) / "assets" / METADATA_FILE
+        return read_export_metadata(p), p
+    p = model_dir / METADATA_FILE
+    if p.is_file():
+        return read_export_metadata(p), p
+    return None, None
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def preprocess_settings_for(app, meta: dict | None, source=None):
+    """The :class:`PreprocessSettings` to prepare a case for the exported model.
+
+    Raises :class:`ConfigError` naming the setting when the config disagrees with the metadata
+    (modalities, label values, number of classes, any preprocessing parameter, landmarks). With
+    an export's metadata the landmarks come from it (the config's landmarks file may be absent)."""
+    from uhved_tf.data.cases import PreprocessSettings
+
+    cfg = app.cfg
+    where = str(source) if source else "the export metadata"
+    if meta is None:
+        log.warning("no metadata.json of the exported model found (give --metadata): preparing the case from the "
+                    "config alone")
+        return app.preprocess_settings()
+    now = app.metadata()
+    for key in ("modalities", "label_values", "num_classes"):
+        if key in meta and _jsonable(meta[key]) != _jsonable(now[key]):
+            raise ConfigError(f"{where}: the model was exported with {key} = {meta[key]} but the config says "
+                              f"{now[key]}; use the config the model was trained with")
+    saved = meta.get("preprocess_settings")
+    if saved is None:       # a training metadata.json: compare the preprocessing summary
+        for key, value in (meta.get("preprocessing") or {}).items():
+            if key != "histogram_ref_file" and _jsonable(value) != _jsonable(now["preprocessing"].get(key)):
+                raise ConfigError(f"{where}: the model was trained with preprocessing {key} = {value} but the config "
+                                  f"says {now['preprocessing'].get(key)}; use the training config")
+        return app.preprocess_settings()
+    landmarks = None
+    if saved.get("landmarks") is not None:
+        landmarks = {m: np.asarray(v, np.float64) for m, v in saved["landmarks"].items()}
+        if cfg.network.normalisation and app.histogram_file().exists():
+            from uhved_tf.data.histogram import read_landmarks
+            mine = read_landmarks(app.histogram_file(), cfg.modalities)
+            for m, arr in mine.items():
+                if m not in landmarks or not np.allclose(arr, landmarks[m], rtol=1e-6, atol=1e-6):
+                    raise ConfigError(f"{where}: the Nyul landmarks of {m} in {app.histogram_file()} differ from the "
+                                      f"exported model's; use the model's landmarks file (assets/) or the training "
+                                      f"[NETWORK] histogram_ref_file")
+    settings = PreprocessSettings.from_config(cfg, landmarks=landmarks)
+    if cfg.network.normalisation and landmarks is None:
+        raise ConfigError(f"{where}: the config uses [NETWORK] normalisation = True but the model was exported "
+                          f"without landmarks; use the training config")
+    current = _jsonable(dataclasses.asdict(settings))
+    for key, value in saved.items():
+        if key == "landmarks":
+            continue
+        if key in current and _jsonable(value) != current[key]:
+            raise ConfigError(f"{where}: the model was exported with preprocessing {key} = {value} but the config "
+                              f"gives {current[key]}; use the training config")
+    return settings
+
+
+# --------------------------------------------------------------------------------------------
+# one case
+# --------------------------------------------------------------------------------------------
+def volume_inputs(case, modalities, names=None) -> dict:
+    """``segment_volume`` inputs of a prepared case: one [D, H, W] array per modality (zeros when
+    missing) and ``modality_mask`` [M]."""
+    names = names or input_names(modalities)
+    inputs = {n: np.ascontiguousarray(case.image[..., i], np.float32) for i, n in enumerate(names)}
+    inputs[MASK_INPUT] = np.asarray(case.data_mask, np.float32)
+    return inputs
+
+
+def outputs_to_result(outputs: dict, modalities, shape, names=None) -> dict:
+    """Signature outputs -> the ``predict_volume`` result dict that ``Application.write_outputs``
+    takes (``seg_prob``, ``synth`` when the model synthesises, ``uncertainty``)."""
+    names = names or input_names(modalities)
+    for key in ("seg_probabilities", "uncertainty"):
+        if key not in outputs:
+            raise ServingError(f'the server\'s answer lacks the "{key}" output (got {", ".join(sorted(outputs))}); '
+                               f"is this a uhved_tf export?")
+    result = {"seg_prob": np.asarray(outputs["seg_probabilities"], np.float32),
+              "uncertainty": np.asarray(outputs["uncertainty"], np.float32)}
+    synth = [f"{n}_synth" for n in names]
+    if all(s in outputs for s in synth):
+        result["synth"] = np.stack([np.asarray(outputs[s], np.float32) for s in synth], axis=-1)
+    for key, arr in result.items():
+        if tuple(arr.shape[:3]) != tuple(shape):
+            raise ServingError(f'the server answered "{key}" of shape {tuple(arr.shape)} for a volume of shape '
+                               f"{tuple(shape)}")
+    return result
+
+
+def serve_case(app, files: dict, out_dir, *, server: str, model: str | None = None, version: int | None = None,
+               protocol: str = "rest", signature: str = SEGMENT_VOLUME, subject_id: str | None = None,
+               metadata=None, overwrite: bool = False, timeout: float = DEFAULT_TIMEOUT) -> list[Path]:
+    """Prepare the case of ``files`` ({modality: path}), send it, write the outputs; returns the files."""
+    from uhved_tf.io.discovery import Subject, safe_subject_id, subject_id_for_file
+
+    cfg = app.cfg
+    if not files:
+        raise DataError(f"no input image: give at least one of --t1, --t1c, --t2, --flair "
+                        f"(modalities: {', '.join(cfg.modalities)})")
+    if signature not in SIGNATURES:
+        raise ConfigError(f'--signature "{signature}": expected one of {", ".join(SIGNATURES)}')
+    model = model or model_name_for(cfg.network.name)
+    parse_server(server)
+    meta, source = find_metadata(app, model, version, metadata)
+    settings = preprocess_settings_for(app, meta, source)
+    names = [(meta or {}).get("input_names", {}).get(m) for m in cfg.modalities]
+    names = names if all(names) else input_names(cfg.modalities)
+    first_mod, first = next(iter(files.items()))
+    if subject_id:
+        sid = safe_subject_id(subject_id)
+    else:
+        spec = next(s for s in app.input_specs() if s.name == first_mod)
+        sid = subject_id_for_file(spec, first)
+    case = app.load_case(Subject(sid, {m: Path(p) for m, p in files.items()}), settings, with_label=False)
+    inputs = volume_inputs(case, cfg.modalities, names)
+    synthesises = (meta or {}).get("synthesises", getattr(_network_class(cfg), "synthesises", False))
+    wanted = ["seg_probabilities", "uncertainty"] + ([f"{n}_synth" for n in names] if synthesises else [])
+    if signature == SERVING_DEFAULT:
+        inputs = {k: v[None] for k, v in inputs.items()}
+    outputs = predict(server, model, inputs, protocol=protocol, signature=signature, version=version,
+                      timeout=timeout, output_names=wanted if protocol == "grpc" else None)
+    if signature == SERVING_DEFAULT:
+        outputs = {k: v[0] for k, v in outputs.items()}
+    result = outputs_to_result(outputs, cfg.modalities, case.image.shape[:3], names)
+    return app.write_outputs(case, result, Path(out_dir), overwrite=overwrite)
+
+
+def _network_class(cfg):
+    try:
+        from uhved_tf.model.registry import get_network_class
+        return get_network_class(cfg.network.name)
+    except UhvedError:
+        return None

@@ -1,0 +1,93 @@
+"""The ``export`` and ``client`` subcommands (wired into :mod:`uhved_tf.cli` by ``add_parsers`` and
+``COMMANDS``)::
+
+    uhved_tf export -c CONFIG [--version N] [--output DIR] [--samples N] [--overwrite]
+    uhved_tf client -c CONFIG --server HOST:PORT [--model NAME] [--version N] [--protocol rest|grpc]
+                    [--t1 F] [--t1c F] [--t2 F] [--flair F] -o OUTDIR [--metadata PATH] [--overwrite]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from uhved_tf.errors import UhvedError
+
+MODALITY_FLAGS = ("t1", "t1c", "t2", "flair")
+
+
+def add_parsers(subparsers, add_config_args) -> None:
+    """Add ``export`` and ``client`` to the CLI's subparsers; ``add_config_args(parser)`` adds
+    ``-c/--config``, ``--set``, ``-q``, ``-v`` as for the other commands."""
+    from uhved_tf.export.client import DEFAULT_TIMEOUT, PROTOCOLS, SIGNATURES
+
+    p = subparsers.add_parser(
+        "export", help="write the trained model as a TensorFlow Serving SavedModel (DIR/<name>/<version>/)")
+    add_config_args(p)
+    p.add_argument("--output", help="base folder (default: <model_dir>/export); the model goes to <output>/<name>/<version>")
+    p.add_argument("--version", type=int, help="version folder (default: 1 + the highest existing version)")
+    p.add_argument("--samples", type=int,
+                   help="posterior samples averaged for the segmentation, fixed in the graph "
+                        "(default: [INFERENCE] samples; 0 = posterior mean)")
+    p.add_argument("--model-name", help="TF Serving model name (default: the network name, e.g. uhved)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
+
+    p = subparsers.add_parser(
+        "client", help="segment one case with a model served by TensorFlow Serving (REST or gRPC)")
+    add_config_args(p)
+    p.add_argument("--server", required=True, metavar="HOST:PORT",
+                   help="TensorFlow Serving address, e.g. localhost:8501 (REST) or localhost:8500 (gRPC)")
+    p.add_argument("--model", help="served model name (default: the network name, e.g. uhved)")
+    p.add_argument("--version", type=int, help="model version (default: the server's latest)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="rest", help="rest (default) or grpc")
+    p.add_argument("--signature", choices=SIGNATURES, default=SIGNATURES[0],
+                   help="segment_volume (sliding window on the server, default) or serving_default "
+                        "(the whole volume as one window)")
+    for m in MODALITY_FLAGS:
+        p.add_argument(f"--{m}", metavar="NIFTI", help=f"{m.upper()} image (a missing modality is left out)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--subject-id", help="output name (default: from the first file name)")
+    p.add_argument("--metadata", help="the export's metadata.json (or its version folder) to check the config "
+                                      "against (default: <model_dir>/export/<model>/<version>/assets/metadata.json "
+                                      "or <model_dir>/metadata.json)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the answer")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def cmd_export(args, cfg) -> int:
+    from uhved_tf.application import Application
+    from uhved_tf.export.saved_model import export_saved_model
+
+    result = export_saved_model(Application(cfg), output=args.output, version=args.version, samples=args.samples,
+                                overwrite=args.overwrite, model_name=args.model_name)
+    inf = result.metadata["inference"]
+    print(f"exported {result.model_name} version {result.version} to {result.path} in {result.seconds:.1f} s "
+          f"(signatures serving_default, segment_volume; samples {inf['samples']}, seed {inf['seed']}, "
+          f"window {'x'.join(map(str, inf['window']))})")
+    print(f"serve: tensorflow_model_server --rest_api_port=8501 --model_name={result.model_name} "
+          f"--model_base_path={result.path.parent.resolve()}")
+    return 0
+
+
+def cmd_client(args, cfg) -> int:
+    from uhved_tf.application import Application
+    from uhved_tf.export.client import serve_case
+
+    flags = {m: getattr(args, m.lower(), None) for m in cfg.modalities}
+    for m in cfg.modalities:    # BraTS names T1c "t1ce"
+        if m.lower() == "t1ce" and args.t1c:
+            flags[m] = args.t1c
+    given = {m: Path(p) for m, p in flags.items() if p}
+    unknown = [f for f in MODALITY_FLAGS if getattr(args, f) and not any(
+        f == m.lower() or (f == "t1c" and m.lower() == "t1ce") for m in cfg.modalities)]
+    if unknown:
+        raise UhvedError(f"--{unknown[0]} is not a modality of this model ({', '.join(cfg.modalities)})")
+    written = serve_case(Application(cfg), given, args.output, server=args.server, model=args.model,
+                         version=args.version, protocol=args.protocol, signature=args.signature,
+                         subject_id=args.subject_id, metadata=args.metadata, overwrite=args.overwrite,
+                         timeout=args.timeout)
+    print(f"wrote {len(written)} files to {args.output} (modalities {', '.join(given)}; server {args.server}, "
+          f"{args.protocol})")
+    return 0
+
+
+COMMANDS = {"export": cmd_export, "client": cmd_client}

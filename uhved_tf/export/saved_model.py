@@ -1,0 +1,567 @@
+"""SavedModel export for TensorFlow Serving: a trained network and its sliding window in one graph.
+
+Layout (what ``tensorflow_model_server --model_base_path=DIR/<model_name>`` watches)::
+
+    DIR/<model_name>/<version>/saved_model.pb
+                              variables/
+                              assets/metadata.json     modality order, label map, preprocessing
+                                                       (incl. Nyul landmarks), window, samples, seed,
+                                                       versions; what a client needs
+                              assets/<landmarks file>  copy of [NETWORK] histogram_ref_file (if used)
+
+A version is written into a hidden temporary folder next to it and renamed into place, so TF
+Serving (which only loads folders named by an integer) never sees half a model.
+
+Signatures (input and output names; ``<m>`` = each ``[MULTIMODAL] image`` name lower-cased, e.g.
+``t1, t1c, t2, flair``; every spatial size is dynamic):
+
+``serving_default`` -- a batch of windows, as :class:`~uhved_tf.inference.predictor.WindowPredictor`:
+    inputs  ``<m>`` float32 [B, D, H, W] (preprocessed intensities; zeros for a missing modality),
+            ``modality_mask`` float32 [B, M] (1 = available, 0 = missing; one subset per sample)
+    outputs ``seg_probabilities`` float32 [B, D, H, W, K], ``seg_labels`` int32 [B, D, H, W] in the
+            label file's values (``[MULTIMODAL] label_values``, BraTS 0/1/2/4), ``<m>_synth``
+            float32 [B, D, H, W] (networks that synthesise only), ``uncertainty`` float32
+            [B, D, H, W] (entropy, nats, of the averaged class probabilities).
+    D, H, W need not be divisible by 2^(levels-1): the graph pads (zeros, symmetric, as
+    :func:`~uhved_tf.inference.sliding_window.pad_to_multiple`) to the next multiple and crops
+    the outputs back, so the output size always equals the input size.
+
+``segment_volume`` -- one whole preprocessed volume through the sliding window, inside the graph:
+    inputs  ``<m>`` float32 [D, H, W], ``modality_mask`` float32 [M]
+    outputs the same names as ``serving_default`` without the batch axis.
+    Tiling, padding, Gaussian blending and cropping are those of
+    :func:`~uhved_tf.inference.sliding_window.sliding_window_inference` with the export-time
+    window, overlap, border and blend mode; windows go through the network ``window_batch_size``
+    at a time in a ``tf.while_loop``; a volume smaller than the window is padded.
+
+Randomness. The number of posterior samples averaged for the segmentation (``--samples``,
+default ``[INFERENCE] samples``; 0 = decode the posterior mean) and the seed (``[SYSTEM] seed``)
+are fixed at export. Sampling is stateless and uses :class:`WindowPredictor`'s seeds: window
+batch ``k`` of a volume with subset code ``c`` (bit i = modality i present) and mirroring
+``f`` uses ``[seed, k * 4096 + c * 16 + f]`` (:func:`window_seed`). Hence
+
+* ``segment_volume`` gives what ``predict_volume(WindowPredictor(model, [mask], samples, seed,
+  tta), volume, window, overlap=..., blend_mode=..., border=..., batch_size=window_batch_size)``
+  gives with a fresh predictor;
+* ``serving_default`` predicts each sample of the batch as a fresh ``WindowPredictor``'s first
+  call on that window alone (``k = 0``), so a result never depends on what else is in the batch
+  (TF Serving may batch requests together).
+
+Deterministic networks (U-HeMIS, HeMIS, Single: ``model.variational`` False) ignore the samples;
+networks that do not synthesise (``model.synthesises`` False) have no ``<m>_synth`` outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from uhved_tf.errors import ConfigError, UhvedError
+
+log = logging.getLogger(__name__)
+
+SERVING_DEFAULT = "serving_default"
+SEGMENT_VOLUME = "segment_volume"
+MASK_INPUT = "modality_mask"
+METADATA_FILE = "metadata.json"
+FORMAT_VERSION = 1
+#: Gaussian sigma relative to the valid window width, as ``sliding_window_inference``'s default.
+SIGMA_SCALE = 0.125
+_NAME_RE = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-]*$")
+
+
+class ExportError(UhvedError):
+    """An export that cannot be written as asked (existing version, bad window, ...)."""
+
+
+# --------------------------------------------------------------------------------------------
+# names, sizes, seeds
+# --------------------------------------------------------------------------------------------
+def model_name_for(network_name: str) -> str:
+    """The TF Serving model name of a network: its config name (last dotted part) lower-cased
+    with everything but letters and digits removed: ``u_hved`` -> ``uhved``, ``U_HeMIS`` ->
+    ``uhemis``, ``extensions.my_net.MyNet`` -> ``mynet``."""
+    base = str(network_name).strip().rsplit(".", 1)[-1]
+    name = re.sub(r"[^a-z0-9]", "", base.lower())
+    if not name:
+        raise ExportError(f'[NETWORK] name = "{network_name}" gives an empty model name; pass --model-name')
+    return name
+
+
+def tensor_name(modality: str) -> str:
+    """Signature input name of a modality: the config name lower-cased (``T1c`` -> ``t1c``)."""
+    name = re.sub(r"[^a-z0-9_.\-]", "_", str(modality).lower())
+    if not _NAME_RE.match(name):
+        name = "m_" + name
+    return name
+
+
+def input_names(modalities) -> list[str]:
+    names = [tensor_name(m) for m in modalities]
+    clash = {n for n in names if names.count(n) > 1} | ({MASK_INPUT} & set(names))
+    if clash:
+        raise ExportError(f"modalities {list(modalities)} give clashing signature input names {sorted(clash)}; "
+                          f"rename the input sections in [MULTIMODAL] image")
+    return names
+
+
+def synth_names(modalities) -> list[str]:
+    return [f"{n}_synth" for n in input_names(modalities)]
+
+
+def output_names(modalities, synthesises: bool) -> list[str]:
+    names = ["seg_probabilities", "seg_labels"]
+    if synthesises:
+        names += synth_names(modalities)
+    return names + ["uncertainty"]
+
+
+def size_multiple(model) -> int:
+    """Spatial sizes a network accepts are multiples of this (2^(levels-1); 1 without scales)."""
+    levels = getattr(model, "levels", None)
+    return 2 ** (int(levels) - 1) if levels else 1
+
+
+def check_window(window, multiple: int, what: str = "[INFERENCE] spatial_window_size") -> tuple[int, int, int]:
+    """Refuse a window the network would silently shrink (e.g. 17 -> 16 with 2 levels)."""
+    window = tuple(int(w) for w in window)
+    if len(window) != 3 or any(w < 1 for w in window):
+        raise ExportError(f"{what} = {window}: expected 3 positive sizes")
+    bad = [w for w in window if w % multiple]
+    if bad:
+        fixed = tuple(-(-w // multiple) * multiple for w in window)
+        raise ExportError(f"{what} = {', '.join(map(str, window))} is not divisible by {multiple} "
+                          f"(2^(levels-1)); use e.g. {', '.join(map(str, fixed))}")
+    return window
+
+
+def subset_code(mask) -> int:
+    """Bit i set = modality i present (``WindowPredictor``'s code)."""
+    return int(sum(int(v) << i for i, v in enumerate(np.asarray(mask) > 0)))
+
+
+def window_seed(seed: int, code: int, call: int = 0, flip: int = 0) -> tuple[int, int]:
+    """The stateless seed :class:`WindowPredictor` uses for call ``call`` (window batch), subset
+    ``code`` and mirroring ``flip``; the exported graph uses the same."""
+    return int(seed), int(call) * 4096 + int(code) * 16 + int(flip)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSettings:
+    modalities: tuple[str, ...]
+    label_values: tuple[int, ...]
+    window: tuple[int, int, int]
+    samples: int = 0
+    seed: int = 0
+    overlap: float = 0.5
+    blend_mode: str = "gaussian"
+    border: tuple[int, int, int] = (0, 0, 0)
+    window_batch_size: int = 1
+    tta: bool = False
+    sigma_scale: float = SIGMA_SCALE
+
+    @classmethod
+    def from_config(cls, cfg, window, samples: int | None = None) -> "ExportSettings":
+        inf = cfg.inference
+        return cls(modalities=tuple(cfg.modalities), label_values=tuple(int(v) for v in cfg.task.label_values),
+                   window=tuple(int(w) for w in window),
+                   samples=int(inf.samples if samples is None else samples), seed=int(cfg.system.seed),
+                   overlap=float(inf.window_overlap), blend_mode=inf.blend_mode,
+                   border=tuple(int(b) for b in inf.border), window_batch_size=max(1, int(cfg.network.batch_size)),
+                   tta=bool(inf.tta))
+
+
+# --------------------------------------------------------------------------------------------
+# the graph
+# --------------------------------------------------------------------------------------------
+def _blending_weights_tf(window, mode, sigma_scale, border):
+    """:func:`~uhved_tf.inference.sliding_window.blending_weights` computed in the graph (float64
+    outer products in the same order, so the values are identical; checked at export)."""
+    import tensorflow as tf
+    from uhved_tf.inference.sliding_window import MIN_GAUSSIAN_WEIGHT
+
+    inner = [w - 2 * b for w, b in zip(window, border)]
+    if mode == "constant":
+        core = tf.ones(inner, tf.float64)
+    else:
+        core = tf.ones([], tf.float64)
+        for axis, n in enumerate(inner):
+            x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+            g = np.exp(-0.5 * (x / (sigma_scale * n)) ** 2)
+            g = tf.constant(g / g.max(), tf.float64)
+            core = core[..., None] * g
+        core = tf.maximum(core / tf.reduce_max(core), MIN_GAUSSIAN_WEIGHT)
+    core = tf.cast(core, tf.float32)
+    return tf.pad(core, [[b, b] for b in border])
+
+
+def _axis_starts(n, w: int, step: int):
+    """``window_starts`` in the graph; ``n >= w`` (the volume is padded first)."""
+    import tensorflow as tf
+
+    count = (n - w) // step + 1
+    starts = tf.range(count) * step
+    return tf.cond(starts[-1] + w < n, lambda: tf.concat([starts, [n - w]], 0), lambda: starts)
+
+
+class _Graph:
+    """The network's inference step and the sliding window as TF ops (no Python state)."""
+
+    def __init__(self, model, settings: ExportSettings):
+        from uhved_tf.inference.predictor import TTA_FLIPS
+
+        self.model = model
+        self.s = settings
+        self.num_modalities = len(settings.modalities)
+        self.num_classes = int(model.num_classes)
+        self.synthesises = bool(getattr(model, "synthesises", False))
+        self.stochastic = bool(getattr(model, "variational", False)) and settings.samples > 0
+        self.encode_once = hasattr(model, "encode") and hasattr(model, "predict_from_posteriors")
+        self.flips = TTA_FLIPS if settings.tta else ((),)
+        self.multiple = size_multiple(model)
+
+    # -- one batch of windows, one subset per window (WindowPredictor._predict) --------------------
+    def predict(self, windows, masks, seed_offset):
+        """``windows`` [N, d, h, w, M], ``masks`` [N, M], ``seed_offset`` int64 = k * 4096 + code * 16.
+        Returns ``seg_prob`` [N, d, h, w, K], ``synth`` [N, d, h, w, M] (if any) and ``uncertainty``
+        [N, d, h, w, 1], as :class:`WindowPredictor` (same ops, same seeds)."""
+        import tensorflow as tf
+        from uhved_tf.model.base import entropy
+
+        model = self.model
+        outputs = {}
+        weight = 1.0 / len(self.flips)
+        seed0 = tf.constant(self.s.seed, tf.int64)
+        for f_index, flip in enumerate(self.flips):
+            axes = [a + 1 for a in flip]
+            x = tf.reverse(windows, axis=axes) if axes else windows
+            sub_seed = tf.stack([seed0, seed_offset + f_index])
+            if self.encode_once:
+                out = model.predict_from_posteriors(model.fuse(model.encode(x), masks), self.s.samples, sub_seed)
+            else:
+                out = model.predict_windows(x, masks, self.s.samples, sub_seed)
+            for k, v in out.items():
+                if k == "uncertainty" or (k == "synth" and not self.synthesises):
+                    continue
+                v = tf.cast(v, tf.float32)
+                v = tf.reverse(v, axis=axes) if axes else v
+                outputs[k] = outputs[k] + weight * v if k in outputs else weight * v
+        outputs["uncertainty"] = entropy(outputs["seg_prob"])[..., None]
+        return outputs
+
+    def _channels(self):
+        return self.num_classes + (self.num_modalities if self.synthesises else 0) + 1
+
+    def _pack(self, out):
+        import tensorflow as tf
+        parts = [out["seg_prob"]] + ([out["synth"]] if self.synthesises else []) + [out["uncertainty"]]
+        return tf.concat(parts, axis=-1)
+
+    def _unpack(self, packed, names):
+        """[..., C] -> the named signature outputs."""
+        import tensorflow as tf
+
+        k, m = self.num_classes, self.num_modalities
+        packed = tf.ensure_shape(packed, [None] * (packed.shape.rank - 1) + [self._channels()])
+        prob = packed[..., :k]
+        result = {"seg_probabilities": prob,
+                  "seg_labels": tf.gather(tf.constant(self.s.label_values, tf.int32), tf.argmax(prob, axis=-1,
+                                                                                               output_type=tf.int32))}
+        if self.synthesises:
+            for i, name in enumerate(synth_names(self.s.modalities)):
+                result[name] = packed[..., k + i]
+        result["uncertainty"] = packed[..., -1]
+        return {n: result[n] for n in names}
+
+    def code(self, mask):
+        import tensorflow as tf
+        bits = tf.constant([1 << i for i in range(self.num_modalities)], tf.int64)
+        return tf.reduce_sum(tf.cast(mask > 0, tf.int64) * bits, axis=-1)
+
+    # -- serving_default --------------------------------------------------------------------------
+    def windows(self, image, mask):
+        """``image`` [B, D, H, W, M], ``mask`` [B, M] -> packed [B, D, H, W, C]."""
+        import tensorflow as tf
+
+        shape = tf.shape(image)
+        spatial = shape[1:4]
+        extra = (-spatial) % self.multiple
+        before = extra // 2
+        paddings = tf.concat([[[0, 0]], tf.stack([before, extra - before], axis=1), [[0, 0]]], axis=0)
+        x = tf.pad(image, paddings)
+        if self.stochastic:
+            codes = self.code(mask)
+            c = self._channels()
+
+            def one(args):
+                xi, mi, ci = args
+                return self._pack(self.predict(xi[None], mi[None], ci * 16))[0]
+
+            packed = tf.map_fn(one, (x, mask, codes),
+                               fn_output_signature=tf.TensorSpec([None, None, None, c], tf.float32))
+        else:
+            packed = self._pack(self.predict(x, mask, tf.constant(0, tf.int64)))
+        return tf.slice(packed, tf.concat([[0], before, [0]], 0), tf.concat([[-1], spatial, [-1]], 0))
+
+    # -- segment_volume ---------------------------------------------------------------------------
+    def volume(self, image, mask):
+        """``image`` [D, H, W, M], ``mask`` [M] -> packed [D, H, W, C], blended exactly as
+        :func:`~uhved_tf.inference.sliding_window.sliding_window_inference`."""
+        import tensorflow as tf
+
+        window, border = self.s.window, self.s.border
+        weights = _blending_weights_tf(window, self.s.blend_mode, self.s.sigma_scale, border)
+        spatial = tf.shape(image)[:3]
+        pads = []
+        for axis, (w, b) in enumerate(zip(window, border)):
+            extra = tf.maximum(0, w - (spatial[axis] + 2 * b))
+            pads.append(tf.stack([b + extra // 2, b + extra - extra // 2]))
+        pads = tf.stack(pads)
+        padded = tf.pad(image, tf.concat([pads, [[0, 0]]], 0))
+        padded_shape = tf.shape(padded)[:3]
+        steps = [max(1, int((w - 2 * b) * (1.0 - self.s.overlap))) for w, b in zip(window, border)]
+        starts = [_axis_starts(padded_shape[a], window[a], steps[a]) for a in range(3)]
+        grid = tf.meshgrid(*starts, indexing="ij")   # C order: the last axis varies fastest
+        positions = tf.reshape(tf.stack(grid, axis=-1), [-1, 3])
+        total = tf.shape(positions)[0]
+        batch = self.s.window_batch_size
+        num_batches = (total + batch - 1) // batch
+        code = self.code(mask)
+        c = self._channels()
+        w_c = weights[..., None]
+        m = self.num_modalities
+
+        def take(p):
+            return tf.slice(padded, tf.concat([p, [0]], 0), [*window, m])
+
+        def body(k, acc):
+            first = k * batch
+            pos = positions[first:tf.minimum(first + batch, total)]
+            wins = tf.map_fn(take, pos, fn_output_signature=tf.TensorSpec([*window, m], tf.float32))
+            n = tf.shape(pos)[0]
+            masks = tf.tile(mask[None, :], [n, 1])
+            out = self._pack(self.predict(wins, masks, tf.cast(k, tf.int64) * 4096 + code * 16))
+
+            def add(i, acc):
+                begin = tf.concat([pos[i], [0]], 0)
+                value = tf.concat([out[i] * w_c, w_c], axis=-1)
+                size = tf.shape(value)
+                region = tf.slice(acc, begin, size)
+                acc = tf.raw_ops.TensorStridedSliceUpdate(input=acc, begin=begin, end=begin + size,
+                                                          strides=tf.ones_like(begin), value=region + value)
+                return i + 1, acc
+
+            _, acc = tf.while_loop(lambda i, _: i < n, add, (tf.constant(0), acc))
+            return k + 1, acc
+
+        acc = tf.zeros(tf.concat([padded_shape, [c + 1]], 0), tf.float32)
+        _, acc = tf.while_loop(lambda k, _: k < num_batches, body, (tf.constant(0), acc),
+                               shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None, None, c + 1])))
+        acc = tf.slice(acc, tf.concat([pads[:, 0], [0]], 0), tf.concat([spatial, [-1]], 0))
+        return acc[..., :c] / acc[..., c:]
+
+
+class ServingModule:
+    """Builds the ``tf.Module`` that is saved: the model's variables (explicitly, as the
+    checkpoints do: Keras 3 variables are not reached through the model) and the signatures."""
+
+    def __init__(self, model, settings: ExportSettings):
+        import tensorflow as tf
+        from uhved_tf.training.checkpoint import model_variables
+
+        self.settings = settings
+        self.graph = g = _Graph(model, settings)
+        self.names = input_names(settings.modalities)
+        self.outputs = output_names(settings.modalities, g.synthesises)
+        m = len(settings.modalities)
+        names, outputs = self.names, self.outputs
+
+        batch_specs = [tf.TensorSpec([None, None, None, None], tf.float32, name=n) for n in names]
+        batch_specs.append(tf.TensorSpec([None, m], tf.float32, name=MASK_INPUT))
+        volume_specs = [tf.TensorSpec([None, None, None], tf.float32, name=n) for n in names]
+        volume_specs.append(tf.TensorSpec([m], tf.float32, name=MASK_INPUT))
+
+        def serve_windows(*tensors):
+            image = tf.stack(tensors[:-1], axis=-1)
+            return g._unpack(g.windows(image, tensors[-1]), outputs)
+
+        def serve_volume(*tensors):
+            image = tf.stack(tensors[:-1], axis=-1)
+            return g._unpack(g.volume(image, tensors[-1]), outputs)
+
+        self.module = tf.Module(name="uhved_serving")
+        self.module.model_variables = model_variables(model)
+        self.module.serving_default = tf.function(serve_windows, input_signature=batch_specs, autograph=False)
+        self.module.segment_volume = tf.function(serve_volume, input_signature=volume_specs, autograph=False)
+
+    def signatures(self) -> dict:
+        return {SERVING_DEFAULT: self.module.serving_default.get_concrete_function(),
+                SEGMENT_VOLUME: self.module.segment_volume.get_concrete_function()}
+
+    def describe(self) -> dict:
+        """Input / output names and shapes of both signatures (for metadata.json and docs)."""
+        m, k = len(self.settings.modalities), self.graph.num_classes
+
+        def io(batch: bool):
+            lead = ["B"] if batch else []
+            space = lead + ["D", "H", "W"]
+            inputs = {n: {"dtype": "float32", "shape": space} for n in self.names}
+            inputs[MASK_INPUT] = {"dtype": "float32", "shape": lead + [m]}
+            outs = {}
+            for n in self.outputs:
+                shape = space + [k] if n == "seg_probabilities" else space
+                outs[n] = {"dtype": "int32" if n == "seg_labels" else "float32", "shape": shape}
+            return {"inputs": inputs, "outputs": outs}
+
+        return {SERVING_DEFAULT: io(True), SEGMENT_VOLUME: io(False)}
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------
+def existing_versions(base: Path) -> list[int]:
+    if not base.is_dir():
+        return []
+    return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def resolve_version(base: Path, version: int | None, overwrite: bool) -> int:
+    have = existing_versions(base)
+    if version is None:
+        return (max(have) + 1) if have else 1
+    if version < 1:
+        raise ExportError(f"--version {version}: TensorFlow Serving versions are positive integers")
+    if (base / str(version)).exists() and not overwrite:
+        raise ExportError(f"{base / str(version)} exists; pass --overwrite to replace it or omit --version "
+                          f"to write version {(max(have) + 1) if have else 1}")
+    return version
+
+
+@dataclasses.dataclass
+class ExportResult:
+    path: Path
+    model_name: str
+    version: int
+    seconds: float
+    metadata: dict
+
+
+def export_metadata(app, module: ServingModule, model_name: str, version: int, landmarks_asset: str | None) -> dict:
+    """``Application.metadata()`` + everything a client needs to prepare a case and read the outputs."""
+    import tensorflow as tf
+    from uhved_tf.data.cases import PreprocessSettings
+
+    cfg = app.cfg
+    s = module.settings
+    meta = app.metadata()
+    landmarks = None
+    if cfg.network.normalisation:
+        from uhved_tf.data.histogram import read_landmarks
+        landmarks = read_landmarks(app.histogram_file(), cfg.modalities)
+    settings = PreprocessSettings.from_config(cfg, landmarks=landmarks)
+    pre = dataclasses.asdict(settings)
+    if pre["landmarks"] is not None:
+        pre["landmarks"] = {m: [float(v) for v in arr] for m, arr in pre["landmarks"].items()}
+    meta["preprocessing"].update({"landmarks": pre["landmarks"], "landmarks_asset": landmarks_asset,
+                                  "cutoff": list(cfg.network.cutoff), "norm_type": cfg.network.norm_type})
+    meta.update({
+        "format_version": FORMAT_VERSION,
+        "model_name": model_name,
+        "version": version,
+        "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "synthesises": module.graph.synthesises,
+        "variational": bool(getattr(module.graph.model, "variational", False)),
+        "input_names": dict(zip(s.modalities, module.names)),
+        "preprocess_settings": pre,
+        "inference": {
+            "samples": s.samples, "seed": s.seed, "window": list(s.window), "window_overlap": s.overlap,
+            "blend_mode": s.blend_mode, "border": list(s.border), "sigma_scale": s.sigma_scale,
+            "window_batch_size": s.window_batch_size, "tta": s.tta, "size_multiple": module.graph.multiple,
+            "seed_rule": "stateless seed [seed, k * 4096 + code * 16 + flip] for window batch k, "
+                         "subset code (bit i = modality i) and mirroring flip, as WindowPredictor",
+        },
+        "signatures": module.describe(),
+        "tensorflow_version": tf.__version__,
+    })
+    return meta
+
+
+def export_saved_model(app, model=None, *, output: str | os.PathLike | None = None, version: int | None = None,
+                       samples: int | None = None, overwrite: bool = False,
+                       model_name: str | None = None) -> ExportResult:
+    """Write ``<output>/<model_name>/<version>/`` (see the module docstring) from the trained model
+    of ``app`` (loaded with ``app.load_trained_model()`` when ``model`` is None)."""
+    import tensorflow as tf
+
+    t0 = time.perf_counter()
+    cfg = app.cfg
+    if samples is not None and samples < 0:
+        raise ExportError(f"--samples {samples}: expected 0 (posterior mean) or a positive number of samples")
+    name = model_name or model_name_for(cfg.network.name)
+    if not _NAME_RE.match(name):
+        raise ExportError(f'model name "{name}": use letters, digits, "_", "-" and "."')
+    base = (Path(output) if output else Path(cfg.system.model_dir) / "export") / name
+    version = resolve_version(base, version, overwrite)
+    final = base / str(version)
+    if model is None:
+        model = app.load_trained_model()
+    window = check_window(app.inference_window(), size_multiple(model))
+    settings = ExportSettings.from_config(cfg, window, samples)
+    from uhved_tf.inference.sliding_window import blending_weights, grid_positions
+    grid_positions(window, window, settings.overlap, settings.border)          # checks border / overlap
+
+    module = ServingModule(model, settings)
+    check = _blending_weights_tf(window, settings.blend_mode, settings.sigma_scale, settings.border).numpy()
+    if not np.array_equal(check, blending_weights(window, settings.blend_mode, settings.sigma_scale, settings.border)):
+        raise RuntimeError("internal error: in-graph blending weights differ from blending_weights()")
+
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    try:
+        tf.saved_model.save(module.module, str(tmp), signatures=module.signatures())
+        assets = tmp / "assets"
+        assets.mkdir(exist_ok=True)
+        landmarks_asset = None
+        if cfg.network.normalisation:
+            src = app.histogram_file()
+            landmarks_asset = src.name or "hist.txt"
+            shutil.copyfile(src, assets / landmarks_asset)
+        meta = export_metadata(app, module, name, version, landmarks_asset)
+        (assets / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if final.exists():          # only with overwrite (checked above)
+            trash = base / f".old-{version}-{uuid.uuid4().hex[:8]}"
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    log.info("exported %s version %d to %s in %.1f s", name, version, final, seconds)
+    return ExportResult(final, name, version, seconds, meta)
+
+
+def read_export_metadata(path: str | os.PathLike) -> dict:
+    """``metadata.json`` of an export: the file itself, a version folder or its ``assets/``."""
+    from uhved_tf.errors import DataError
+
+    path = Path(path)
+    for candidate in (path, path / "assets" / METADATA_FILE, path / METADATA_FILE):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{candidate}: unreadable export metadata ({exc})") from None
+    raise DataError(f"{path}: no {METADATA_FILE} (expected an export's assets/{METADATA_FILE} or a version folder)")
