@@ -418,7 +418,7 @@ def test_non_variational_network_exports_without_synthesis(project, tmp_path):
     result = export_saved_model(app, model, output=tmp_path)
     assert result.path == tmp_path / "uhemis" / "1"
     loaded = tf.saved_model.load(str(result.path))
-    volume = np.random.default_rng(3).normal(size=(11, 9, 10, 4)).astype(np.float32)
+    volume = np.random.default_rng(3).normal(size=(11, 6, 5, 4)).astype(np.float32)   # smaller than the window
     mask = np.asarray([0, 1, 0, 1], np.float32)
     sv = loaded.signatures["segment_volume"]
     out = sv(modality_mask=tf.constant(mask), **{n: tf.constant(volume[..., i])
@@ -426,6 +426,7 @@ def test_non_variational_network_exports_without_synthesis(project, tmp_path):
     assert set(out) == {"seg_probabilities", "seg_labels", "uncertainty"}
     ref = predict_volume(WindowPredictor(model, [mask], samples=2, seed=5), volume, (8, 8, 8), overlap=0.5,
                          batch_size=2)[0]
+    assert out["seg_probabilities"].shape == (11, 6, 5, 4)
     np.testing.assert_allclose(out["seg_probabilities"].numpy(), ref["seg_prob"], atol=ATOL, rtol=0)
     meta = json.loads((result.path / "assets" / "metadata.json").read_text())
     assert meta["synthesises"] is False and meta["variational"] is False

@@ -104,7 +104,10 @@ def build_rest_request(inputs: dict, signature: str = SEGMENT_VOLUME) -> dict:
 
 
 def _as_array(name: str, value) -> np.ndarray:
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except ValueError as exc:
+        raise ServingError(f'output "{name}" of the server is not a rectangular array ({_one_line(exc)})') from None
     if arr.dtype.kind == "f":
         return arr.astype(np.float32)
     if arr.dtype.kind in "iu":
