@@ -115,6 +115,11 @@ def test_two_iterations_write_checkpoints_metrics_and_events(trained):
     rows = list(csv.DictReader(open(model / "metrics.csv")))
     assert [int(r["iteration"]) for r in rows] == [1, 2]
     assert all(np.isfinite(float(r["total"])) for r in rows)
+    # The subsets each step trained on are logged: batch_size 2 -> two non-empty subsets per row.
+    modalities = {"T1", "T1c", "T2", "Flair"}
+    for r in rows:
+        subsets = r["subsets"].split(";")
+        assert len(subsets) == 2 and all(s and set(s.split("+")) <= modalities for s in subsets)
     events = list((model / "logs" / "train").glob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
+    from uhved_tf.export.commands import add_parsers as add_export_parsers
+    add_export_parsers(sub, _add_config_args)
     return parser
 
 
@@ -225,8 +227,13 @@ def _cmd_demo_data(args, cfg) -> int:
     return 0
 
 
+def _export_commands():
+    from uhved_tf.export.commands import COMMANDS as export_commands   # no TensorFlow import
+    return export_commands
+
+
 COMMANDS = {"train": _cmd_train, "inference": _cmd_inference, "evaluate": _cmd_evaluate,
-            "demo-data": _cmd_demo_data}
+            "demo-data": _cmd_demo_data, **_export_commands()}
 
 
 def main(argv=None) -> int:

@@ -20,7 +20,6 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -358,7 +357,8 @@ def test_server_error_and_timeout_are_one_line(project, serving, http_server, tm
 
 @pytest.mark.slow
 def test_bad_request_message_comes_from_the_model(project, serving, http_server):
-    """A wrong input (mask of length 3) reaches the SavedModel; its error comes back in one line."""
+    """Wrong inputs (a mask of length 3, an empty subset) reach the SavedModel; its error comes back
+    in one line."""
     from uhved_tf.errors import UhvedError
     from uhved_tf.export.client import predict
     inputs = {n: np.zeros((8, 8, 8), np.float32) for n in NAMES}
@@ -366,6 +366,9 @@ def test_bad_request_message_comes_from_the_model(project, serving, http_server)
     with pytest.raises(UhvedError, match="answered HTTP 400") as info:
         predict(http_server, "uhved", inputs)
     assert "\n" not in str(info.value)
+    inputs["modality_mask"] = np.zeros(4, np.float32)
+    with pytest.raises(UhvedError, match="answered HTTP 400.*modality_mask: no modality is available") as info:
+        predict(http_server, "uhved", inputs)
 
 
 @pytest.mark.slow

@@ -253,7 +253,8 @@ def test_layout_metadata_and_assets(project):
     assert meta["input_names"] == {"T1": "t1", "T1c": "t1c", "T2": "t2", "Flair": "flair"}
     landmarks = read_landmarks(project["app"].histogram_file(), MODALITIES)
     for m in MODALITIES:
-        np.testing.assert_allclose(meta["preprocess_settings"]["landmarks"][m], landmarks[m])
+        np.testing.assert_allclose(meta["preprocessing"]["landmarks"][m], landmarks[m])
+    assert meta["preprocess_settings"]["min_shape"] == [8, 8, 8] and "landmarks" not in meta["preprocess_settings"]
     assert meta["preprocessing"]["landmarks_asset"] == "hist.txt"
     assert json.loads((v1.path / "assets" / "metadata.json").read_text())["inference"]["samples"] == 0
     print(f"export of both versions took {project['export_seconds']:.1f} s")

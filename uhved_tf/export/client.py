@@ -33,8 +33,7 @@ import numpy as np
 
 from uhved_tf.errors import ConfigError, DataError, UhvedError
 from uhved_tf.export.saved_model import (MASK_INPUT, METADATA_FILE, SEGMENT_VOLUME, SERVING_DEFAULT,
-                                         existing_versions, input_names, model_name_for, read_export_metadata,
-                                         synth_names)
+                                         existing_versions, input_names, model_name_for, read_export_metadata)
 
 log = logging.getLogger(__name__)
 
@@ -341,8 +340,9 @@ def preprocess_settings_for(app, meta: dict | None, source=None):
                                   f"says {now['preprocessing'].get(key)}; use the training config")
         return app.preprocess_settings()
     landmarks = None
-    if saved.get("landmarks") is not None:
-        landmarks = {m: np.asarray(v, np.float64) for m, v in saved["landmarks"].items()}
+    saved_landmarks = (meta.get("preprocessing") or {}).get("landmarks")
+    if saved_landmarks is not None:
+        landmarks = {m: np.asarray(v, np.float64) for m, v in saved_landmarks.items()}
         if cfg.network.normalisation and app.histogram_file().exists():
             from uhved_tf.data.histogram import read_landmarks
             mine = read_landmarks(app.histogram_file(), cfg.modalities)
@@ -421,6 +421,10 @@ def serve_case(app, files: dict, out_dir, *, server: str, model: str | None = No
     else:
         spec = next(s for s in app.input_specs() if s.name == first_mod)
         sid = subject_id_for_file(spec, first)
+    out_dir = Path(out_dir)
+    if not overwrite and (out_dir / f"{sid}_seg.nii.gz").exists():   # before the (long) request
+        raise DataError(f"{out_dir / f'{sid}_seg.nii.gz'} exists; pass --overwrite to replace the outputs or "
+                        f"choose another output folder")
     case = app.load_case(Subject(sid, {m: Path(p) for m, p in files.items()}), settings, with_label=False)
     inputs = volume_inputs(case, cfg.modalities, names)
     synthesises = (meta or {}).get("synthesises", getattr(_network_class(cfg), "synthesises", False))
@@ -432,7 +436,7 @@ def serve_case(app, files: dict, out_dir, *, server: str, model: str | None = No
     if signature == SERVING_DEFAULT:
         outputs = {k: v[0] for k, v in outputs.items()}
     result = outputs_to_result(outputs, cfg.modalities, case.image.shape[:3], names)
-    return app.write_outputs(case, result, Path(out_dir), overwrite=overwrite)
+    return app.write_outputs(case, result, out_dir, overwrite=overwrite)
 
 
 def _network_class(cfg):

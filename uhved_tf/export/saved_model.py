@@ -66,7 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uhved_tf.errors import ConfigError, UhvedError
+from uhved_tf.errors import UhvedError
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,8 @@ def subset_code(mask) -> int:
 
 def window_seed(seed: int, code: int, call: int = 0, flip: int = 0) -> tuple[int, int]:
     """The stateless seed :class:`WindowPredictor` uses for call ``call`` (window batch), subset
-    ``code`` and mirroring ``flip``; the exported graph uses the same."""
+    ``code`` and mirroring ``flip``; the exported graph computes the same (``_Graph.predict``'s
+    ``seed_offset + flip``); the export tests check both against ``WindowPredictor``."""
     return int(seed), int(call) * 4096 + int(code) * 16 + int(flip)
 
 
@@ -195,7 +196,7 @@ def _blending_weights_tf(window, mode, sigma_scale, border):
         core = tf.ones(inner, tf.float64)
     else:
         core = tf.ones([], tf.float64)
-        for axis, n in enumerate(inner):
+        for n in inner:
             x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
             g = np.exp(-0.5 * (x / (sigma_scale * n)) ** 2)
             g = tf.constant(g / g.max(), tf.float64)
@@ -271,7 +272,7 @@ class _Graph:
         """[..., C] -> the named signature outputs."""
         import tensorflow as tf
 
-        k, m = self.num_classes, self.num_modalities
+        k = self.num_classes
         packed = tf.ensure_shape(packed, [None] * (packed.shape.rank - 1) + [self._channels()])
         prob = packed[..., :k]
         result = {"seg_probabilities": prob,
@@ -391,12 +392,20 @@ class ServingModule:
         volume_specs = [tf.TensorSpec([None, None, None], tf.float32, name=n) for n in names]
         volume_specs.append(tf.TensorSpec([m], tf.float32, name=MASK_INPUT))
 
+        def check(mask):
+            return tf.debugging.assert_positive(
+                tf.reduce_sum(tf.cast(mask > 0, tf.float32), axis=-1),
+                message=f"{MASK_INPUT}: no modality is available; set 1 for at least one modality "
+                        f"(order {', '.join(names)})")
+
         def serve_windows(*tensors):
-            image = tf.stack(tensors[:-1], axis=-1)
+            with tf.control_dependencies([check(tensors[-1])]):
+                image = tf.stack(tensors[:-1], axis=-1)
             return g._unpack(g.windows(image, tensors[-1]), outputs)
 
         def serve_volume(*tensors):
-            image = tf.stack(tensors[:-1], axis=-1)
+            with tf.control_dependencies([check(tensors[-1])]):
+                image = tf.stack(tensors[:-1], axis=-1)
             return g._unpack(g.volume(image, tensors[-1]), outputs)
 
         self.module = tf.Module(name="uhved_serving")
@@ -469,10 +478,10 @@ def export_metadata(app, module: ServingModule, model_name: str, version: int, l
         from uhved_tf.data.histogram import read_landmarks
         landmarks = read_landmarks(app.histogram_file(), cfg.modalities)
     settings = PreprocessSettings.from_config(cfg, landmarks=landmarks)
-    pre = dataclasses.asdict(settings)
-    if pre["landmarks"] is not None:
-        pre["landmarks"] = {m: [float(v) for v in arr] for m, arr in pre["landmarks"].items()}
-    meta["preprocessing"].update({"landmarks": pre["landmarks"], "landmarks_asset": landmarks_asset,
+    pre = dataclasses.asdict(settings)      # every PreprocessSettings field (the client rebuilds them)
+    if pre.pop("landmarks") is not None:
+        landmarks = {m: [float(v) for v in arr] for m, arr in landmarks.items()}
+    meta["preprocessing"].update({"landmarks": landmarks, "landmarks_asset": landmarks_asset,
                                   "cutoff": list(cfg.network.cutoff), "norm_type": cfg.network.norm_type})
     meta.update({
         "format_version": FORMAT_VERSION,
