@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from uhved_tf.data.subsets import subset_masks
+
 ATOL = 1e-5
 MODALITIES = ("T1", "T1c", "T2", "Flair")
 SUBSETS = {"T1": (1, 0, 0, 0), "Flair": (0, 0, 0, 1), "T1c+Flair": (0, 1, 0, 1), "all": (1, 1, 1, 1)}
@@ -108,6 +110,9 @@ for version, path in spec["exports"].items():
         for run, res in runs.items():
             for key, value in res.items():
                 out[f"{version}/{subset}/{run}/{key}"] = value.numpy()
+    for i, mask in enumerate(spec["all15"]):   # every one of the 15 subsets, whole-volume signature
+        for key, value in call(sv, data["volume"], np.asarray(mask, np.float32)).items():
+            out[f"{version}/all15/{i}/vol/{key}"] = value.numpy()
     mixed = np.asarray([spec["subsets"]["T1"], spec["subsets"]["all"]], np.float32)
     for key, value in call(sd, data["windows"], mixed).items():
         out[f"{version}/mixed/sd2/{key}"] = value.numpy()
@@ -170,7 +175,7 @@ def fresh_outputs(project):
               "volume": case.image.astype(np.float32)}
     np.savez(root / "inputs.npz", **inputs)
     spec = {"inputs": str(root / "inputs.npz"), "outputs": str(root / "outputs.npz"),
-            "names": input_names(MODALITIES), "subsets": SUBSETS,
+            "names": input_names(MODALITIES), "subsets": SUBSETS, "all15": subset_masks(4).tolist(),
             "exports": {"v1": str(project["v1"].path), "v2": str(project["v2"].path)}}
     (root / "spec.json").write_text(json.dumps(spec))
     proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(root / "spec.json")], capture_output=True,
@@ -372,6 +377,24 @@ def test_segment_volume_in_a_fresh_process_equals_predict_volume(project, fresh_
     assert got[f"{prefix}/seg_probabilities"].shape == inputs["volume"].shape[:3] + (4,)
     worst = _check({k: v for k, v in got.items() if k.startswith(prefix + "/")}, prefix, ref)
     print(f"segment_volume {version} {subset}: max |difference| {worst:.2e}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version, samples", [("v1", 0), ("v2", 2)])
+def test_segment_volume_agrees_for_every_one_of_the_15_subsets(project, fresh_outputs, version, samples):
+    """One encode-once predictor for all 15 subsets (its sample seeds depend on the subset, not
+    on its position) against the exported whole-volume signature called per subset."""
+    from uhved_tf.inference.predictor import WindowPredictor, predict_volume
+
+    inputs, got = fresh_outputs
+    cfg, model = project["cfg"], project["model"]
+    masks = subset_masks(4)
+    refs = predict_volume(WindowPredictor(model, masks, samples=samples, seed=cfg.system.seed), inputs["volume"],
+                          (8, 8, 8), overlap=cfg.inference.window_overlap, blend_mode=cfg.inference.blend_mode,
+                          border=tuple(cfg.inference.border), batch_size=cfg.network.batch_size)
+    for i, ref in enumerate(refs):
+        _check({k: v for k, v in got.items() if k.startswith(f"{version}/all15/{i}/vol/")},
+               f"{version}/all15/{i}/vol", ref)
 
 
 @pytest.mark.slow
