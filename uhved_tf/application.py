@@ -414,6 +414,17 @@ class Application:
         return failed
 
     # --- evaluation --------------------------------------------------------------------------
+    def models_for_subsets(self, subsets) -> list[tuple["Application", list]]:
+        """``[(application, its subsets)]``: this model for every subset, or, for a Single config
+        whose model_dir holds one network per subset (``train --all-subsets``), the network in
+        ``<model_dir>/<S>/`` for subset S."""
+        from uhved_tf.training.all_subsets import check_subset_model, holds_per_subset_models, subset_config
+        if not holds_per_subset_models(self.cfg):
+            return [(self, list(subsets))]
+        for s in subsets:
+            check_subset_model(self.cfg, s)
+        return [(Application(subset_config(self.cfg, s)), [s]) for s in subsets]
+
     def evaluate(self, subsets, phase: str = "Inference", out_dir: Path | None = None, progress=True,
                  figure: bool = False):
         from uhved_tf.evaluation.report import evaluate_subjects

@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in model_dir")
     p.add_argument("--overwrite", action="store_true",
                    help="start again in a model_dir that has checkpoints (deletes them)")
+    p.add_argument("--all-subsets", action="store_true",
+                   help="Single baseline: train one network per modality subset, in <model_dir>/<subset>/")
+    p.add_argument("--subsets", default=None,
+                   help='with --all-subsets: only these subsets, e.g. "T1c,Flair;T2" (default: all 15)')
 
     p = sub.add_parser("inference", help="segment and synthesise: the config's Inference split, or one case")
     _add_config_args(p)
@@ -131,6 +135,9 @@ def _load_config(args, extra):
 
 def _cmd_train(args, cfg) -> int:
     from uhved_tf.application import Application
+    if args.all_subsets or args.subsets:
+        from uhved_tf.training.all_subsets import train_all_subsets_cli
+        return train_all_subsets_cli(args, cfg)
     terms = Application(cfg).train(resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if terms:
         print("final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()))

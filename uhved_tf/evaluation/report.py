@@ -48,7 +48,8 @@ def evaluate_subjects(app, subsets, phase="Inference", out_dir=None, progress=Tr
     chosen = [s for s in subjects if s.id in ids]
     if not chosen:
         raise DataError(f"no {phase} subjects with labels in {cfg.system.dataset_split_file}")
-    model = app.load_trained_model()
+    # One model for every subset, or one Single network per subset (train --all-subsets).
+    groups = [(a, a.load_trained_model(), group) for a, group in app.models_for_subsets(subsets)]
     settings = app.preprocess_settings()
     out_dir = Path(out_dir or cfg.evaluation.save_csv_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +59,10 @@ def evaluate_subjects(app, subsets, phase="Inference", out_dir=None, progress=Tr
     for subject in chosen:
         case = app.load_case(subject, settings, with_label=False)
         ref, spacing = _read_reference(subject.files[cfg.label_section])
-        results = app.predict_case(model, case, subsets)
+        by_subset = {}
+        for a, model, group in groups:
+            by_subset.update(zip(group, a.predict_case(model, case, group)))
+        results = [by_subset[s] for s in subsets]
         brain = np.any(case.image != 0, axis=-1)
         figure_rows = []
         for subset, res in zip(subsets, results):
