@@ -101,10 +101,7 @@ class Application:
             required = list(cfg.modalities) + ([label] if need_label and label else [])
             optional = []
         specs = [s for s in self.input_specs() if s.name in set(required) | set(optional)]
-        subjects = find_subjects(specs, required=required, optional=optional)
-        if not need_label or not cfg.training.allow_missing_modalities:
-            pass
-        return subjects
+        return find_subjects(specs, required=required, optional=optional)
 
     def split(self, subjects) -> dict[str, str]:
         t = self.cfg.training
