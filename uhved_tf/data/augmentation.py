@@ -243,6 +243,18 @@ def _centre(shape):
 
 # ----------------------------------------------------------------------------------------- public API
 
+def _resample_in_place(image, label, matrix):
+    """Resample image (and label) about the volume centre onto the same grid, keeping static shapes."""
+    shape = tf.shape(image)
+    centre = _centre(shape)
+    out_image, out_label = _resample(image, label, matrix, centre, shape[:3], centre)
+    out_image = tf.reshape(out_image, shape)
+    out_image.set_shape(image.shape)
+    if label is not None:
+        out_label.set_shape(label.shape)
+    return out_image, out_label
+
+
 def random_flip(image, label, seed, axes: Sequence[int] = (0, 1, 2)):
     """Flip image [D, H, W, C] and label [D, H, W] together along each of ``axes`` with p = 0.5.
 
@@ -273,14 +285,7 @@ def random_rotation_scaling(image, label, seed, angles_deg=((-10.0, 10.0),) * 3,
     if angles is None and scaling is None:
         return image, label
     matrix = _inverse_matrix(seed, angles, scaling, isotropic_scaling)
-    shape = tf.shape(image)
-    centre = _centre(shape)
-    out_image, out_label = _resample(image, label, matrix, centre, shape[:3], centre)
-    out_image = tf.reshape(out_image, shape)
-    out_image.set_shape(image.shape)
-    if label is not None:
-        out_label.set_shape(label.shape)
-    return out_image, out_label
+    return _resample_in_place(image, label, matrix)
 
 
 def augment(image, label, seed, flip_axes: Sequence[int] = (), angles_deg=None,
@@ -300,14 +305,7 @@ def augment(image, label, seed, flip_axes: Sequence[int] = (), angles_deg=None,
     matrix = _inverse_matrix(s_spatial, angles, scaling, isotropic_scaling)
     if axes:
         matrix = _flip_signs(s_flip, axes)[:, None] * matrix      # F S^-1 R^T
-    shape = tf.shape(image)
-    centre = _centre(shape)
-    out_image, out_label = _resample(image, label, matrix, centre, shape[:3], centre)
-    out_image = tf.reshape(out_image, shape)
-    out_image.set_shape(image.shape)
-    if label is not None:
-        out_label.set_shape(label.shape)
-    return out_image, out_label
+    return _resample_in_place(image, label, matrix)
 
 
 def augment_crop(volume_image, volume_label, centre, window: Sequence[int], seed,
