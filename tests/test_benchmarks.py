@@ -1,0 +1,33 @@
+"""The benchmark scripts run end to end (tiny sizes) and print every figure they promise.
+
+The numbers themselves are not checked: speed targets live in the benchmarks' output, never in
+timed unit tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run_script(*args, timeout=900):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_inference_subsets_benchmark_prints_all_ratios():
+    out = run_script("benchmarks/inference_subsets.py", "--size", 24, "--window", 16, "--repeats", 1,
+                     "--base-width", 2, "--case-shape", "24,24,16", "--subsets", 2)
+    for text in (" 2 subsets, encode once:", "lowest possible ratio", "one subset, 10 samples:",
+                  " 2 separate runs:", "one run for the  2 subsets:"):
+        assert text in out, out
