@@ -4,3 +4,13 @@ Importing this package has no side effects: no seeding, no logging handlers, no 
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["Predictor", "Trainer", "__version__"]
+
+
+def __getattr__(name):
+    # Lazy, so that ``import uhved_tf`` stays free of TensorFlow and side effects.
+    if name in ("Predictor", "Trainer"):
+        from uhved_tf import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'uhved_tf' has no attribute {name!r}")

@@ -350,32 +350,38 @@ class Application:
                               blend_mode=inf.blend_mode, border=tuple(inf.border),
                               batch_size=max(1, self.cfg.network.batch_size), progress=progress)
 
-    def write_outputs(self, case: Case, result: dict, out_dir: Path, overwrite=False) -> list[Path]:
-        from uhved_tf.io.nifti import save_like
-
+    def output_arrays(self, case: Case, result: dict) -> dict:
+        """The outputs of one case and subset on the case's working grid (crop undone), keyed by
+        file-name suffix: ``{"seg": (array, dtype, interp_order), "T1_synth": ..., "uncertainty": ...,
+        "prob": ...}`` (uncertainty and probabilities when the config asks for them)."""
         label_values = self.cfg.task.label_values
-        written = []
         classes = np.argmax(result["seg_prob"], axis=-1)
-        seg = pp.unmap_labels(pp.uncrop(classes.astype(np.int32), case.box, fill=0), label_values)
-        targets = [(out_dir / f"{case.id}_seg.nii.gz", seg, np.uint8, 0)]
+        out = {"seg": (pp.unmap_labels(pp.uncrop(classes.astype(np.int32), case.box, fill=0), label_values),
+                       np.uint8, 0)}
         if "synth" in result:
             for i, m in enumerate(self.cfg.modalities):
-                vol = pp.uncrop(result["synth"][..., i].astype(np.float32), case.box, fill=0.0)
-                targets.append((out_dir / f"{case.id}_{m}_synth.nii.gz", vol, np.float32, 1))
+                out[f"{m}_synth"] = (pp.uncrop(result["synth"][..., i].astype(np.float32), case.box, fill=0.0),
+                                     np.float32, 1)
         if self.cfg.inference.save_uncertainty:
-            targets.append((out_dir / f"{case.id}_uncertainty.nii.gz",
-                            pp.uncrop(result["uncertainty"].astype(np.float32), case.box), np.float32, 1))
+            out["uncertainty"] = (pp.uncrop(result["uncertainty"].astype(np.float32), case.box), np.float32, 1)
         if self.cfg.inference.output_prob or self.cfg.task.output_prob:
-            prob = pp.uncrop(result["seg_prob"].astype(np.float32), case.box)
-            targets.append((out_dir / f"{case.id}_prob.nii.gz", prob, np.float32, 1))
+            out["prob"] = (pp.uncrop(result["seg_prob"].astype(np.float32), case.box), np.float32, 1)
+        return out
+
+    def write_outputs(self, case: Case, result: dict, out_dir: Path, overwrite=False) -> list[Path]:
+        """``<id>_seg.nii.gz``, ``<id>_<modality>_synth.nii.gz``, ... in the input's geometry; refuses
+        (before writing anything) when one exists, unless ``overwrite``."""
+        from uhved_tf.io.nifti import save_like
+
+        targets = [(out_dir / f"{case.id}_{suffix}.nii.gz", *spec)
+                   for suffix, spec in self.output_arrays(case, result).items()]
         if not overwrite:
             existing = [str(p) for p, *_ in targets if p.exists()]
             if existing:
                 raise DataError(f"{existing[0]} exists (and {len(existing) - 1} more outputs); "
                                 f"pass --overwrite to replace them or choose another output folder")
-        for path, arr, dtype, order in targets:
-            written.append(save_like(arr, case.geometry, path, dtype=dtype, interp_order=order, overwrite=True))
-        return written
+        return [save_like(arr, case.geometry, path, dtype=dtype, interp_order=order, overwrite=True)
+                for path, arr, dtype, order in targets]
 
     def run_inference(self, subjects, subsets, out_dir: Path, overwrite=False, progress=True,
                       keep_going=True) -> dict:

@@ -59,8 +59,9 @@ def _import_tensorflow_quietly(verbose: bool) -> None:
                     print(line, file=sys.stderr)
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", required=True, help="INI configuration file")
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("-c", "--config", required=required,
+                   help="INI configuration file" + ("" if required else " (or --model)"))
     p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="SECTION.key=value",
                    help="override any key, e.g. --set TRAINING.max_iter=10 (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
@@ -86,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='with --all-subsets: only these subsets, e.g. "T1c,Flair;T2" (default: all 15)')
 
     p = sub.add_parser("inference", help="segment and synthesise: the config's Inference split, or one case")
-    _add_config_args(p)
+    _add_config_args(p, required=False)
+    p.add_argument("--model", metavar="NAME|PATH",
+                   help="a trained model directory or a zoo entry (`uhved_tf zoo list`), used with its own "
+                        "resolved config instead of -c")
     p.add_argument("--modalities", help="modalities given to the model, e.g. T1c,Flair (default: config)")
     p.add_argument("-o", "--output", help="output folder (default: [INFERENCE] save_seg_dir)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -105,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", action="store_true", help="also draw the paper's Fig. 3 for the first case (PNG)")
     p.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"),
                    help="compare two evaluation folders (per_case.csv) with a Wilcoxon test per subset and region")
+
+    p = sub.add_parser("zoo", help="the bundled trained models (model_zoo/)")
+    p.add_argument("action", choices=["list"], help="list: name, network, modalities and summary of each entry")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
 
     p = sub.add_parser("demo-data", help="write the synthetic BraTS-like demo data set")
     p.add_argument("output", help="folder to write (BraTS 2018 layout)")
@@ -130,6 +139,16 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
 
 def _load_config(args, extra):
     from uhved_tf.config import load_config
+    from uhved_tf.errors import ConfigError
+    model = getattr(args, "model", None)
+    if model and args.config:
+        raise ConfigError("give either -c CONFIG or --model NAME|PATH, not both (a model directory "
+                          "carries its own config; change keys with --set SECTION.key=value)")
+    if model:
+        from uhved_tf.zoo import config_for_model_dir
+        return config_for_model_dir(model, overrides=extra, set_overrides=args.set_overrides)
+    if not args.config:
+        raise ConfigError(f"{args.command} needs -c CONFIG or --model NAME|PATH")
     return load_config(args.config, overrides=extra, set_overrides=args.set_overrides)
 
 
@@ -227,6 +246,19 @@ def format_summary(summary, modalities, subsets) -> str:
     return "\n".join(lines)
 
 
+def _cmd_zoo(args, cfg) -> int:
+    from uhved_tf.zoo import ZOO_DIR, describe, zoo_entries
+    entries = zoo_entries()
+    if not entries:
+        print(f"no models in {ZOO_DIR}")
+        return 0
+    for folder in entries:
+        info = describe(folder)
+        print(f"{info['name']:<16} {info['network']:<8} {'+'.join(info['modalities']):<18} {info['summary']}")
+    print(f"(in {ZOO_DIR}; use one with `uhved_tf inference --model NAME --t1c A.nii.gz ... -o OUT`)")
+    return 0
+
+
 def _cmd_demo_data(args, cfg) -> int:
     from uhved_tf.demo.synthetic import make_demo_dataset
     ids = make_demo_dataset(args.output, n_subjects=args.subjects, seed=args.seed, overwrite=args.overwrite)
@@ -240,19 +272,22 @@ def _export_commands():
 
 
 COMMANDS = {"train": _cmd_train, "inference": _cmd_inference, "evaluate": _cmd_evaluate,
-            "demo-data": _cmd_demo_data, **_export_commands()}
+            "demo-data": _cmd_demo_data, "zoo": _cmd_zoo, **_export_commands()}
+
+
+NO_CONFIG_COMMANDS = ("demo-data", "zoo")
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command == "demo-data":
+    if extra and args.command in NO_CONFIG_COMMANDS:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     _setup_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
     from uhved_tf.errors import UhvedError
     try:
         cfg = None
-        if args.command != "demo-data":
+        if args.command not in NO_CONFIG_COMMANDS:
             # The config is pure Python: read it before TensorFlow so that [SYSTEM] cuda_devices
             # and the oneDNN switch take effect.
             cfg = _load_config(args, extra)

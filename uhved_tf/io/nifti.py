@@ -393,6 +393,32 @@ def to_original_grid(array: np.ndarray, geom: VolumeGeometry, interp_order: int 
     return np.ascontiguousarray(array)
 
 
+def image_like(array: np.ndarray, geom: VolumeGeometry, dtype=None, interp_order: int = 0):
+    """An array computed on the working grid as an in-memory NIfTI image aligned with the original
+    file: :func:`to_original_grid` (order ``interp_order``), cast to ``dtype`` (default: the
+    array's; float -> integer rounds to nearest, out-of-range values raise ``ValueError``), the
+    original affine and a copy of the original header (qform/sform codes, units, zooms kept;
+    scl_slope/scl_inter reset so the stored values are the values)."""
+    data = to_original_grid(array, geom, interp_order=interp_order)
+    out_dtype = np.dtype(dtype) if dtype is not None else data.dtype
+    if out_dtype == np.bool_:
+        out_dtype = np.dtype(np.uint8)
+    if np.issubdtype(out_dtype, np.integer) and data.size:
+        info = np.iinfo(out_dtype)
+        lo, hi = float(np.min(data)), float(np.max(data))
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < info.min or hi > info.max:
+            raise ValueError(f"values in [{lo}, {hi}] do not fit {out_dtype} (grid of {geom.path})")
+    data = _cast(data, out_dtype)
+
+    header = geom.header.copy()
+    header.set_data_dtype(out_dtype)
+    header.set_slope_inter(np.nan, np.nan)
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    img = image_class(data, np.asarray(geom.original_affine), header=header)
+    img.set_data_dtype(out_dtype)
+    return img
+
+
 def save_like(
     array: np.ndarray,
     geom: VolumeGeometry,
@@ -401,13 +427,10 @@ def save_like(
     interp_order: int = 0,
     overwrite: bool = False,
 ) -> Path:
-    """Write an array computed on the working grid as a NIfTI aligned with the original file.
+    """Write an array computed on the working grid as a NIfTI aligned with the original file
+    (:func:`image_like`).
 
-    The array goes through :func:`to_original_grid` (order ``interp_order``), is cast to ``dtype``
-    (default: the array's dtype; float -> integer rounds to nearest, out-of-range values raise),
-    and is written with the original affine and a copy of the original header (qform/sform codes,
-    units, zooms kept; scl_slope/scl_inter reset so the stored values are the values). The file is
-    written to a temporary name in the destination folder and moved into place with
+    The file is written to a temporary name in the destination folder and moved into place with
     ``os.replace``, so a failure never leaves a half-written output. Parent folders are created.
 
     Raises:
@@ -419,23 +442,7 @@ def save_like(
         raise DataError(f"{path}: output file name must end in .nii or .nii.gz")
     if path.exists() and not overwrite:
         raise DataError(f"{path}: output already exists; pass --overwrite to replace it")
-    data = to_original_grid(array, geom, interp_order=interp_order)
-    out_dtype = np.dtype(dtype) if dtype is not None else data.dtype
-    if out_dtype == np.bool_:
-        out_dtype = np.dtype(np.uint8)
-    if np.issubdtype(out_dtype, np.integer) and data.size:
-        info = np.iinfo(out_dtype)
-        lo, hi = float(np.min(data)), float(np.max(data))
-        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < info.min or hi > info.max:
-            raise ValueError(f"values in [{lo}, {hi}] do not fit {out_dtype} for {path}")
-    data = _cast(data, out_dtype)
-
-    header = geom.header.copy()
-    header.set_data_dtype(out_dtype)
-    header.set_slope_inter(np.nan, np.nan)
-    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    img = image_class(data, np.asarray(geom.original_affine), header=header)
-    img.set_data_dtype(out_dtype)
+    img = image_like(array, geom, dtype=dtype, interp_order=interp_order)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = next(s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s))
