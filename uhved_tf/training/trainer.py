@@ -186,6 +186,9 @@ class Trainer:
                     self.optimizer.learning_rate.assign(lr)
                     seed = tf.constant([s.seed, it], tf.int64)
                     terms = self._step_fn(batch, seed)
+                    if it == 0:   # the traced step's graph (cached: no retrace) for TensorBoard's Graphs tab
+                        with writer.as_default():
+                            tf.summary.graph(self._step_fn.get_concrete_function(batch, seed).graph)
                     it += 1
                     self.iteration.assign(it)
                     subsets = ";".join(self._subset_names(terms.pop("modality_mask").numpy()))
