@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test install clean-demo docs
 
 install: $(STAMP)
 
@@ -25,6 +25,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -x -q
+
+docs: $(STAMP)
+	$(BIN)/python -c "from uhved_tf.config import key_reference_markdown as k; print(k())" > docs/configuration.md
 
 clean-demo:
 	rm -rf demo_data demo_run
