@@ -46,6 +46,8 @@ class WindowPredictor:
             check(self.subset_masks)
         self.num_subsets = int(masks.shape[0])
         self.codes = [int(sum(int(v) << i for i, v in enumerate(m > 0))) for m in masks]
+        self.code_tensor = tf.constant(self.codes, tf.int64)
+        self.output_keys = ("seg_prob", "synth") if getattr(model, "synthesises", False) else ("seg_prob",)
         self.samples = int(samples)
         self.seed = int(seed)
         self.flips = TTA_FLIPS if tta else ((),)
@@ -53,6 +55,20 @@ class WindowPredictor:
         self.encode_once = hasattr(model, "encode") and hasattr(model, "predict_from_posteriors")
         window_spec = tf.TensorSpec([None, None, None, None, int(masks.shape[1])], tf.float32)
         self._fn = tf.function(self._predict, input_signature=[window_spec, tf.TensorSpec([2], tf.int64)])
+
+    def _subset_outputs(self, x, encodings, s, n, seed, f_index):
+        """Outputs (float32, no uncertainty) of subset index ``s`` (a Python int or a scalar tensor)."""
+        if isinstance(s, int):
+            row, code = self.subset_masks[s], self.codes[s]        # static: Single checks it at trace time
+        else:
+            row, code = tf.gather(self.subset_masks, s), tf.gather(self.code_tensor, s)
+        mask = tf.tile(row[None, :], [n, 1])
+        sub_seed = tf.stack([seed[0], seed[1] * 4096 + code * 16 + f_index])
+        if self.encode_once:
+            out = self.model.predict_from_posteriors(self.model.fuse(encodings, mask), self.samples, sub_seed)
+        else:
+            out = self.model.predict_windows(x, mask, self.samples, sub_seed)
+        return {k: tf.cast(v, tf.float32) for k, v in out.items() if k in self.output_keys}
 
     def _predict(self, windows, seed):
         n = tf.shape(windows)[0]
@@ -62,18 +78,19 @@ class WindowPredictor:
             axes = [a + 1 for a in flip]
             x = tf.reverse(windows, axis=axes) if axes else windows
             encodings = self.model.encode(x) if self.encode_once else None
-            for s in range(self.num_subsets):
-                mask = tf.tile(self.subset_masks[s][None, :], [n, 1])
-                sub_seed = tf.stack([seed[0], seed[1] * 4096 + self.codes[s] * 16 + f_index])
-                if self.encode_once:
-                    out = self.model.predict_from_posteriors(self.model.fuse(encodings, mask),
-                                                             self.samples, sub_seed)
-                else:
-                    out = self.model.predict_windows(x, mask, self.samples, sub_seed)
+            if self.num_subsets == 1:
+                per_subset = [self._subset_outputs(x, encodings, 0, n, seed, f_index)]
+            else:
+                # One copy of the decoders in the graph whatever the number of subsets (a loop,
+                # one subset at a time: the same memory as one subset, a trace ~S times smaller).
+                stacked = tf.map_fn(
+                    lambda s: self._subset_outputs(x, encodings, s, n, seed, f_index),
+                    tf.range(self.num_subsets, dtype=tf.int64),
+                    fn_output_signature={k: tf.TensorSpec(None, tf.float32) for k in self.output_keys},
+                    parallel_iterations=1)
+                per_subset = [{k: v[s] for k, v in stacked.items()} for s in range(self.num_subsets)]
+            for s, out in enumerate(per_subset):
                 for k, v in out.items():
-                    if k == "uncertainty":
-                        continue
-                    v = tf.cast(v, tf.float32)
                     v = tf.reverse(v, axis=axes) if axes else v
                     key = f"{k}/{s}"
                     outputs[key] = outputs[key] + weight * v if key in outputs else weight * v
