@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -69,6 +71,7 @@ class Application:
         self.cfg = cfg
         self.model_dir = Path(cfg.system.model_dir)
         self._predictors: dict = {}
+        self.pipeline_error: UhvedError | None = None   # the first user error of the input pipeline
 
     # --- data --------------------------------------------------------------------------------
     def preprocess_settings(self) -> PreprocessSettings:
@@ -124,11 +127,18 @@ class Application:
                               "windows; use uniform, balanced or weighted")
 
         def load(i):
-            case = self.load_case(subjects[i], settings)
-            if case.label is None:
-                raise DataError(f"subject {subjects[i].id}: no label file; training needs one")
-            if case.data_mask.sum() == 0:
-                raise DataError(f"subject {subjects[i].id}: no modality available")
+            try:
+                case = self.load_case(subjects[i], settings)
+                if case.label is None:
+                    raise DataError(f"subject {subjects[i].id}: no label file; training needs one")
+                if case.data_mask.sum() == 0:
+                    raise DataError(f"subject {subjects[i].id}: no modality available")
+            except UhvedError as exc:
+                # Raised inside tf.data, this reaches the training loop as a TensorFlow error
+                # with a traceback; train() re-raises the original one-line error instead.
+                if self.pipeline_error is None:
+                    self.pipeline_error = exc
+                raise
             return case.image, case.label.astype(np.int32), case.data_mask
 
         from uhved_tf.data.augmentation import rotation_ranges_from_config
@@ -212,7 +222,10 @@ class Application:
         return saved
 
     # --- training ----------------------------------------------------------------------------
-    def train(self, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    def train(self, resume: bool = False, overwrite: bool = False, progress: bool = True,
+              on_iteration=None) -> dict:
+        """Train to ``max_iter`` (see the CLI's ``train``); ``on_iteration(iteration, losses)`` is
+        called after every step (benchmarks/soak.py samples memory with it)."""
         import tensorflow as tf
         from uhved_tf.losses import LossWeights
         from uhved_tf.training.trainer import TrainSettings, Trainer, latest_iteration
@@ -254,7 +267,8 @@ class Application:
         if cfg.network.normalisation and not self.histogram_file().exists():
             from uhved_tf.data.histogram import train_landmarks_for_subjects
             train_landmarks_for_subjects(self, train_subjects)
-        (self.model_dir / METADATA_NAME).write_text(json.dumps(self.metadata(), indent=2))
+        # Atomically: resuming reads it first, and a run killed while writing it must stay resumable.
+        _write_text_atomically(self.model_dir / METADATA_NAME, json.dumps(self.metadata(), indent=2))
 
         import keras
         # Initial weights from [SYSTEM] seed (everything later uses explicit stateless seeds).
@@ -269,13 +283,30 @@ class Application:
             optimiser=cfg.training.optimiser, seed=cfg.system.seed, num_classes=cfg.task.num_classes,
             loss_weights=LossWeights.from_training_settings(cfg.training)), self.model_dir, strategy)
         if start > 0:
-            got = trainer.restore(start if start != latest else None)
-            start = got
+            try:
+                start = trainer.restore(start if start != latest else None)
+            except (ValueError, AssertionError, tf.errors.OpError) as exc:
+                # Checksums are verified on read: a damaged file (or another network) lands here.
+                from uhved_tf.training.trainer import checkpoint_dir
+                ckdir = checkpoint_dir(self.model_dir)
+                have = sorted(int(p.name[len("ckpt-"):-len(".index")]) for p in ckdir.glob("ckpt-*.index"))
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise UhvedError(
+                    f"{ckdir / f'ckpt-{start}'}: cannot restore the checkpoint, it is damaged or does not fit "
+                    f"this network ({reason}); checkpoints present: {', '.join(map(str, have)) or 'none'}; "
+                    f"resume from another with [TRAINING] starting_iter = N, or start again with --overwrite"
+                ) from None
         dataset = self.build_dataset(train_subjects, start_iteration=start)
         validator, early = self.build_validator(subjects, split)
         t0 = time.perf_counter()
-        terms = trainer.fit(dataset, start_iteration=start, progress=progress, validator=validator,
-                            validation_every_n=cfg.training.validation_every_n, early_stopping=early)
+        try:
+            terms = trainer.fit(dataset, start_iteration=start, progress=progress, validator=validator,
+                                validation_every_n=cfg.training.validation_every_n, early_stopping=early,
+                                on_iteration=on_iteration)
+        except tf.errors.OpError:
+            if self.pipeline_error is not None:   # a bad training file, read by the tf.data pipeline
+                raise self.pipeline_error from None
+            raise
         log.info("trained iterations %d..%d in %.1f s", start, cfg.training.max_iter, time.perf_counter() - t0)
         return terms
 
@@ -321,7 +352,8 @@ class Application:
         try:
             restore_model(model, path)
         except (ValueError, AssertionError, tf.errors.OpError) as exc:
-            raise UhvedError(f"{path}: checkpoint does not fit this network ({str(exc).splitlines()[0]})") from None
+            raise UhvedError(f"{path}: checkpoint is damaged or does not fit this network "
+                             f"({str(exc).splitlines()[0]})") from None
         log.info("loaded %s", path)
         return model
 
@@ -380,8 +412,24 @@ class Application:
             if existing:
                 raise DataError(f"{existing[0]} exists (and {len(existing) - 1} more outputs); "
                                 f"pass --overwrite to replace them or choose another output folder")
-        return [save_like(arr, case.geometry, path, dtype=dtype, interp_order=order, overwrite=True)
-                for path, arr, dtype, order in targets]
+        # All or nothing: every output is written under a hidden temporary name first and moved
+        # into place only when all of them are written, so a full disk or an unwritable folder
+        # leaves neither a partial set of outputs nor a damaged earlier result.
+        staged, written, path = [], [], out_dir
+        try:
+            for path, arr, dtype, order in targets:
+                tmp = path.parent / f".{path.name[:-len('.nii.gz')]}.{uuid.uuid4().hex[:12]}.partial.nii.gz"
+                staged.append((save_like(arr, case.geometry, tmp, dtype=dtype, interp_order=order), path))
+            for tmp, path in staged:
+                os.replace(tmp, path)
+                written.append(path)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot write the outputs of subject {case.id} ({exc.strerror or exc}); "
+                            f"check the free space and permissions of {path.parent}") from None
+        finally:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+        return written
 
     def run_inference(self, subjects, subsets, out_dir: Path, overwrite=False, progress=True,
                       keep_going=True) -> dict:
@@ -432,6 +480,15 @@ class Application:
                  figure: bool = False):
         from uhved_tf.evaluation.report import evaluate_subjects
         return evaluate_subjects(self, subsets, phase=phase, out_dir=out_dir, progress=progress, figure=figure)
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _window_progress(case_id):

@@ -631,6 +631,9 @@ NETWORK_KEYS: tuple[Key, ...] = (
     K("normalisation", Bool(), False, "Nyul histogram standardisation"),
     K("whitening", Bool(), False, "Zero-mean unit-variance intensity whitening per volume"),
     K("normalise_foreground_only", Bool(), False, "Compute normalisation statistics on the foreground only"),
+    K("nan_policy", Choice("error", "zero"), "error",
+      "Non-finite (NaN/Inf) voxels in an image file: error (refuse the file) or zero (replace them with 0 "
+      "and log a warning); labels are always refused"),
     K("rgb_normalisation", Bool(), False, "NiftyNet 2-D RGB normalisation", used=False, note="2-D RGB only"),
     K("weight_initializer", Choice(*_INITIALIZERS), "he_normal", "Keras initializer of the conv kernels", used=False, note='not implemented yet: convolutions use he_normal'),
     K("bias_initializer", Choice(*_INITIALIZERS), "zeros", "Keras initializer of the biases", used=False, note='not implemented yet: biases start at zero'),

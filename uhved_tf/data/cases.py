@@ -76,6 +76,7 @@ class PreprocessSettings:
             landmarks=landmarks if cfg.network.normalisation else None,
             cutoff=tuple(cfg.network.cutoff),
             norm_type=cfg.network.norm_type,
+            nan_policy=cfg.network.nan_policy,
         )
 
 

@@ -102,7 +102,7 @@ def map_labels(label: np.ndarray, label_values, source: str = "label") -> np.nda
     values = np.asarray(label_values)
     lab = np.asarray(label)
     if not np.all(np.isfinite(lab)) or np.any(lab != np.round(lab)):
-        raise DataError(f"{source}: label image has non-integer values; expected only {list(values)}")
+        raise DataError(f"{source}: label image has non-integer values; expected only {values.tolist()}")
     lab = np.round(lab).astype(np.int64)
     present = np.unique(lab)
     unknown = np.setdiff1d(present, values)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import struct
 import uuid
@@ -66,10 +67,13 @@ __all__ = [
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _RESAMPLE_RTOL = 1e-3
+# A resampled grid larger than this (4 GiB of float32) comes from a wrong voxel size, not from an image.
+_MAX_RESAMPLED_VOXELS = 1024**3
 _IDENTITY_ORNT = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
 # What nibabel / gzip / zlib raise on a file that is not NIfTI, truncated or corrupt.
 _READ_ERRORS = (
-    ImageFileError, HeaderDataError, WrapStructError, OSError, EOFError, ValueError, zlib.error, struct.error
+    ImageFileError, HeaderDataError, WrapStructError, OSError, EOFError, ValueError, zlib.error, struct.error,
+    OverflowError,  # e.g. nibabel's header check on vox_offset = inf
 )
 _UNREADABLE = "cannot read as NIfTI (not a NIfTI file, truncated or corrupt?)"
 
@@ -294,8 +298,9 @@ def load_volume(
         ``(array, geometry)``: the array on the working grid (3-D) and what is needed to undo it.
 
     Raises:
-        DataError: missing / unreadable / truncated file, not 3-D, non-finite voxels under
-            ``nan_policy="error"``, non-invertible affine.
+        DataError: missing / unreadable / truncated file, not 3-D, RGB or complex voxels,
+            non-finite voxels under ``nan_policy="error"``, non-invertible affine, a resampled
+            grid of more than 1024^3 voxels (a wrong voxel size in the header).
     """
     if nan_policy not in ("error", "zero"):
         raise ValueError(f"nan_policy must be 'error' or 'zero', got {nan_policy!r}")
@@ -308,6 +313,10 @@ def load_volume(
     except _READ_ERRORS as exc:
         raise DataError(f"{path}: cannot read the voxel data (truncated or corrupt file?): {_one_line(exc)}") from exc
     data = np.asarray(data).reshape(shape)
+    if data.dtype.fields is not None or not (np.issubdtype(data.dtype, np.integer)
+                                             or np.issubdtype(data.dtype, np.floating) or data.dtype == np.bool_):
+        raise DataError(f"{path}: voxels of type {data.dtype} (NIfTI datatype {int(img.header['datatype'])}); "
+                        "expected a grey-level image of real numbers (not RGB or complex)")
 
     if np.issubdtype(data.dtype, np.inexact):
         bad = ~np.isfinite(data)
@@ -344,6 +353,11 @@ def load_volume(
             raise ValueError(f"pixdim must be 3 positive numbers, got {tuple(pixdim)!r}")
         if any(abs(o - n) > _RESAMPLE_RTOL * n for o, n in zip(spacing, target)):
             new_shape = tuple(max(1, int(round(n * o / p))) for n, o, p in zip(reoriented_shape, spacing, target))
+            if math.prod(new_shape) > _MAX_RESAMPLED_VOXELS:
+                raise DataError(
+                    f"{path}: resampling voxel size {tuple(round(v, 6) for v in spacing)} to pixdim {target} would "
+                    f"make a grid of {new_shape} voxels (more than {_MAX_RESAMPLED_VOXELS}); check the file's "
+                    f"voxel size (header pixdim / affine) and the configured pixdim")
             s, t = _resample_map(reoriented_shape, new_shape, spacing, target)
             data = _affine_resample(data, s, t, new_shape, order)
             step = np.eye(4)

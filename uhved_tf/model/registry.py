@@ -56,9 +56,15 @@ def _load_extension(path: str) -> type:
     cls = getattr(module, attr, None)
     if cls is None:
         raise ConfigError(f'[NETWORK] name = "{path}": module {module_name} has no attribute {attr}')
-    if not (isinstance(cls, type) and issubclass(cls, BaseNetwork)):
+    if not (isinstance(cls, type) and issubclass(cls, BaseNetwork)) or cls is BaseNetwork:
         raise ConfigError(f'[NETWORK] name = "{path}": {attr} is not a subclass of '
                           "uhved_tf.model.base.BaseNetwork")
+    if str(getattr(cls, "__module__", "")).split(".")[0] not in EXTENSION_PACKAGES:
+        # e.g. a built-in network imported into an extension module: only classes defined in the
+        # extensions package are reachable by dotted path (built-ins by their registered names).
+        raise ConfigError(f'[NETWORK] name = "{path}": {attr} is defined in {cls.__module__}, outside the '
+                          f"extensions package; use a registered name ({', '.join(sorted(_REGISTRY))}) "
+                          "or a class defined in extensions/")
     return cls
 
 
