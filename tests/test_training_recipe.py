@@ -172,11 +172,18 @@ def metrics(model_dir):
     return [(int(r["iteration"]), float(r["total"])) for r in csv.DictReader(open(model_dir / "metrics.csv"))]
 
 
+def _interruptible():
+    # A test run started in the background by a non-interactive shell (`make test &`) has SIGINT
+    # ignored, and Python then leaves it ignored in the child: give the child Ctrl-C back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_training(cfg, model_dir, max_iter, *extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.Popen([sys.executable, "-m", "uhved_tf", "train", "-c", str(cfg), "-q",
                              "--max_iter", str(max_iter), "--set", f"SYSTEM.model_dir={model_dir}", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_interruptible)
 
 
 def wait_for(path: Path, proc, timeout=300):
