@@ -12,73 +12,43 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from tests.test_end_to_end import TINY_INI as E2E_TINY_INI
+
 REPO = Path(__file__).resolve().parents[2]
 MODALITY_SUFFIXES = {"T1": "_t1", "T1c": "_t1ce", "T2": "_t2", "Flair": "_flair", "label": "_seg"}
 DEMO_SHAPE = (32, 32, 24)
 DEMO_SPACING = (6.0, 6.0, 6.0)
 
-# The smallest useful U-HVED: 16^3 windows, 3 levels, base width 2. Windows are divisible by
-# 2^(levels-1) = 4.
-TINY_INI = """
-[T1]
-path_to_search = {data}
-filename_contains = _t1
-filename_not_contains = _t1ce
-spatial_window_size = 16, 16, 16
-axcodes = R, A, S
-[T1c]
-path_to_search = {data}
-filename_contains = _t1ce
-spatial_window_size = 16, 16, 16
-axcodes = R, A, S
-[T2]
-path_to_search = {data}
-filename_contains = _t2
-spatial_window_size = 16, 16, 16
-axcodes = R, A, S
-[Flair]
-path_to_search = {data}
-filename_contains = _flair
-spatial_window_size = 16, 16, 16
-axcodes = R, A, S
-[label]
-path_to_search = {data}
-filename_contains = _seg
-interp_order = 0
-spatial_window_size = 16, 16, 16
-axcodes = R, A, S
-[SYSTEM]
-model_dir = {model}
-seed = 7
-num_threads = 1
-[NETWORK]
-name = u_hved
-activation_function = leakyrelu
-batch_size = 2
-base_width = 2
-levels = 3
-whitening = True
-normalise_foreground_only = True
-foreground_type = mean_plus
-volume_padding_size = 2
-queue_length = 2
-[TRAINING]
-lr = 0.001
-max_iter = 4
-save_every_n = 0
-sample_per_volume = 2
-exclude_fraction_for_inference = 0
-random_flipping_axes = 0, 1, 2
-[INFERENCE]
-spatial_window_size = 16, 16, 16
-window_overlap = 0
-samples = 1
-save_uncertainty = False
-[MULTIMODAL]
-image = T1, T1c, T2, Flair
-label = label
-num_classes = 4
-"""
+def ini_with(text: str, changes: dict[str, dict[str, str]]) -> str:
+    """``text`` (an INI) with ``changes[section][key] = value`` set: existing keys replaced in
+    place, missing ones added at the end of their section."""
+    out, section, pending = [], None, {k: dict(v) for k, v in changes.items()}
+
+    def flush():
+        out.extend(f"{k} = {v}" for k, v in pending.pop(section, {}).items())
+
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            flush()
+            section = stripped[1:-1]
+        elif "=" in stripped and section in pending:
+            key = stripped.split("=", 1)[0].strip()
+            if key in pending[section]:
+                line = f"{key} = {pending[section].pop(key)}"
+        out.append(line)
+    flush()
+    return "\n".join(out) + "\n"
+
+
+# The smallest useful U-HVED: the end-to-end tests' tiny config (16^3 windows, 3 levels) with base
+# width 2, one thread, 4 iterations without checkpoints and every subject in training.
+TINY_INI = ini_with(E2E_TINY_INI, {
+    "SYSTEM": {"seed": "7", "num_threads": "1"},
+    "NETWORK": {"base_width": "2", "queue_length": "2"},
+    "TRAINING": {"max_iter": "4", "save_every_n": "0", "exclude_fraction_for_inference": "0"},
+    "INFERENCE": {"window_overlap": "0", "samples": "1", "save_uncertainty": "False"},
+})
 
 
 def make_tiny_data(folder: Path, n_subjects: int = 2, seed: int = 1) -> list[str]:
