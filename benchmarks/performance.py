@@ -16,7 +16,13 @@ calls it).
    back-propagations whose result is unused, such as the gradient of the input image, are
    pruned by TensorFlow and not counted) divided by the median step time, as a fraction of the
    GFLOP/s that one 3x3x3 Conv3D 32->32 at 64^3 (batch 1) reaches forward + backward in the
-   same process. Target >= 0.7.
+   same process. Target >= 0.7. Also printed: the step's convolutions timed one at a time on
+   their own (the efficiency if nothing else cost anything: what the network's narrow layers
+   reach with this machine's convolution kernels) and the same step with the instance norm as
+   the moments formula (what the fused kernel saves), and, when torch is installed, the same
+   network in plain eager PyTorch (``benchmarks/pytorch_twin.py``, same parameters and FLOPs, a
+   test checks both and identical outputs for identical weights) in its own process: its step
+   time over ours.
 2. **Input-pipeline overhead**: steps/s training from NIfTI files (BraTS-size synthetic cases
    written by :func:`uhved_tf.demo.synthetic.make_demo_dataset`, histogram landmarks learnt on
    them) through the real tf.data pipeline (``Application.build_dataset``: load, preprocess,
@@ -125,6 +131,50 @@ def conv3d_flops(graph) -> dict:
         flops = 2 * math.prod(kernel[:4]) * math.prod(forward_out)
         counts["forward" if op.type == "Conv3D" else "backward"] += flops
     return counts
+
+
+def conv_ops(graph) -> dict:
+    """``{(op type, input shape, kernel shape): count}`` of the 3-D convolutions ``graph`` runs
+    (the same pruning as :func:`conv3d_flops`); shapes in forward terms (input, kernel)."""
+    outputs = {t.name for t in getattr(graph, "outputs", ())}
+    found = {}
+    for op in graph.get_operations():
+        if op.type not in _CONV_SHAPES:
+            continue
+        if not op.outputs[0].consumers() and op.outputs[0].name not in outputs:
+            continue
+        if op.type == "Conv3D":
+            x, k = op.inputs[0].shape, op.inputs[1].shape
+        elif op.type == "Conv3DBackpropInputV2":
+            x, k = op.outputs[0].shape, op.inputs[1].shape
+        else:
+            x, k = op.inputs[0].shape, op.outputs[0].shape
+        key = (op.type, tuple(x.as_list()), tuple(k.as_list()))
+        found[key] = found.get(key, 0) + 1
+    return found
+
+
+def conv_only_seconds(graph, repeats) -> float:
+    """Seconds the step's convolutions take run one at a time on their own (each distinct
+    convolution timed alone, forward or back-propagation as in the step, times its count): the
+    step time if everything else were free, so FLOPs / this is the highest training efficiency
+    these layer widths allow with this machine's convolution kernels."""
+    total = 0.0
+    for (kind, xs, ks), count in conv_ops(graph).items():
+        x = tf.random.normal(xs, seed=3)
+        k = tf.random.normal(ks, seed=4)
+        dy = tf.random.normal([*xs[:-1], ks[-1]], seed=5)
+        strides = [1] * 5
+        if kind == "Conv3D":
+            fn = tf.function(lambda: tf.nn.conv3d(x, k, strides, "SAME"))
+        elif kind == "Conv3DBackpropInputV2":
+            fn = tf.function(lambda: tf.raw_ops.Conv3DBackpropInputV2(
+                input_sizes=xs, filter=k, out_backprop=dy, strides=strides, padding="SAME"))
+        else:
+            fn = tf.function(lambda: tf.raw_ops.Conv3DBackpropFilterV2(
+                input=x, filter_sizes=ks, out_backprop=dy, strides=strides, padding="SAME"))
+        total += count * median_time(lambda: fn().numpy(), max(3, repeats))
+    return total
 
 
 # --- set-up -------------------------------------------------------------------------------------
@@ -263,7 +313,8 @@ def reference_conv(repeats, size=64, channels=32):
     return flops, median_time(lambda: forward_backward(x), max(3, repeats * 3))
 
 
-def training_efficiency(report, flops, n_ops, step_times, repeats, size, batch_size):
+def training_efficiency(report, graph, step_times, repeats, size, batch_size, unfused_times=None):
+    flops, n_ops = conv3d_flops(graph), len(graph.get_operations())
     ref_flops, ref_seconds = reference_conv(repeats)
     ref_rate = ref_flops / ref_seconds
     step = statistics.median(step_times)
@@ -277,8 +328,67 @@ def training_efficiency(report, flops, n_ops, step_times, repeats, size, batch_s
           f"in {ref_seconds:.3f} s = {ref_rate / 1e9:.1f} GFLOP/s")
     rate = sum(flops.values()) / step
     print(f"   training step: median {step:.3f} s over {len(step_times)} steps = {rate / 1e9:.1f} GFLOP/s")
+    conv_only = conv_only_seconds(graph, repeats)
+    print(f"   the step's {sum(conv_ops(graph).values())} convolutions alone, one at a time: {conv_only:.3f} s = "
+          f"{sum(flops.values()) / conv_only / 1e9:.1f} GFLOP/s = {sum(flops.values()) / conv_only / ref_rate:.2f} "
+          f"of the reference (the efficiency if everything else were free and the convolutions ran one at a "
+          f"time: what these layer widths reach with this machine's convolution kernels; most have 4-16 "
+          f"channels, the reference 32); the whole step takes {step / conv_only:.2f}x that time")
+    if unfused_times:
+        unfused = statistics.median(unfused_times)
+        print(f"   the same step with the instance norm as the moments formula instead of the fused kernel: "
+              f"{unfused:.3f} s ({unfused / step:.2f}x the fused step)")
     report.figure(f"training efficiency at {cube(size)}", rate / ref_rate, f"{rate / ref_rate:.2f}",
                   ">= 0.7", lambda v: v >= 0.7)
+
+
+def pytorch_twin(report, args, sizes, step_times, graph):
+    """The same network in plain eager PyTorch (``benchmarks/pytorch_twin.py``), in its own
+    process right after ours: its step time against ours. Skipped (said so) without torch."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        print("   PyTorch twin: skipped (torch is not installed; `pip install torch` to compare)")
+        return
+    net = load_network_settings(args.config)
+    base_width = args.base_width if args.base_width is not None else net.base_width
+    cmd = [sys.executable, str(REPO / "benchmarks" / "pytorch_twin.py"), "--size", str(sizes.train),
+           "--steps", str(sizes.steps), "--base-width", str(base_width), "--levels", str(net.levels)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"   PyTorch twin failed (exit code {proc.returncode}): {tail}")
+        return
+    r = json.loads(lines[-1])
+    ours = statistics.median(step_times)
+    same = abs(r["conv_gflop_per_step"] * 1e9 - sum(conv3d_flops(graph).values())) < 1e6
+    print(f"   the same network in eager PyTorch {r['torch']} ({r['memory_format']}, {r['threads']} threads, "
+          f"{r['params']} parameters, {r['conv_gflop_per_step']:.2f} GFLOP per step: "
+          f"{'the same' if same else 'NOT the same'} count): step {r['step_s']:.3f} s (median of "
+          f"{len(r['step_times'])}), first step {r['first_step_s']:.1f} s, peak RSS {r['peak_rss_bytes'] / GB:.2f} GB")
+    report.figure(f"PyTorch twin step / ours at {cube(sizes.train)}", r["step_s"] / ours,
+                  f"{r['step_s'] / ours:.2f}x", "> 1 (ours faster)", lambda v: v > 1)
+
+
+def load_network_settings(config):
+    from uhved_tf.config import load_config
+
+    return load_config(config).network
+
+
+def unfused_step_times(app, batch, steps) -> list:
+    """Step times of a second copy of the network whose instance norms use the moments formula
+    (``InstanceNorm(fused=False)``): what the fused kernel saves, measured in this run."""
+    from uhved_tf.model.blocks import InstanceNorm
+
+    model = build_model(app)
+    for layer in model._flatten_layers():
+        if isinstance(layer, InstanceNorm):
+            layer.fused = False
+    run = StepRunner(training_step(app, model), app.cfg.system.seed)
+    run.times(batch, 2)
+    return run.times(batch, max(3, steps // 2))
 
 
 def pipeline_overhead(report, app, run, batch, sizes, tmp, const_before):
@@ -496,13 +606,13 @@ def main(argv=None):
             step = training_step(app, model)
             batch = constant_batch(app.cfg, (sizes.train,) * 3)
             graph = step.get_concrete_function(batch, tf.constant([0, 0], tf.int64)).graph
-            flops = conv3d_flops(graph)
             run = StepRunner(step, app.cfg.system.seed)
             run.times(batch, 2)                                # graph optimisation, warm-up
             const = run.times(batch, sizes.steps)
             if "training" in args.parts:
-                training_efficiency(report, flops, len(graph.get_operations()), const, sizes.repeats, sizes.train,
-                                    app.cfg.network.batch_size)
+                training_efficiency(report, graph, const, sizes.repeats, sizes.train, app.cfg.network.batch_size,
+                                    unfused_step_times(app, batch, sizes.steps))
+                pytorch_twin(report, args, sizes, const, graph)
             if "pipeline" in args.parts:
                 pipeline_overhead(report, app, run, batch, sizes, tmp, const)
             if step.experimental_get_tracing_count() != 1:

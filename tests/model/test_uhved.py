@@ -286,6 +286,41 @@ def test_instance_norm_config_round_trips_and_normalises():
     assert_close(y.std(axis=(1, 2, 3)), np.sqrt(var / (var + 1e-3)), rtol=1e-4)  # (x - mean) / sqrt(var + eps)
 
 
+def _norm_and_grads(norm, x, dy):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = norm(x)
+    return [y] + tape.gradient(y, [x, norm.gamma, norm.beta], output_gradients=dy)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_fused_instance_norm_equals_the_moments_formula_with_gradients(batch):
+    """The fused kernel (one sample reshaped to [1, D*H, W, C]) against the moments formula:
+    outputs and the gradients to the input, gamma and beta, for a static batch of one (direct),
+    of two (split, each sample with its own statistics), and a batch unknown when traced (the
+    inference predictor's; the moments formula)."""
+    x = 5.0 + 3.0 * tf.random.stateless_normal([batch, 6, 4, 5, 3], seed=[3, 9])
+    dy = tf.random.stateless_normal(x.shape, seed=[4, 9])
+    fused = InstanceNorm(name="fused")
+    fused.build(x.shape)
+    fused.gamma.assign([0.5, 1.0, 2.0])
+    fused.beta.assign([0.1, -0.2, 0.3])
+    moments = InstanceNorm(fused=False, name="moments")
+    moments.build(x.shape)
+    moments.set_weights(fused.get_weights())
+    expected = _norm_and_grads(moments, x, dy)
+    eager = _norm_and_grads(fused, x, dy)
+    dynamic = tf.function(lambda x: _norm_and_grads(fused, x, dy),
+                          input_signature=[tf.TensorSpec([None, None, None, None, 3], tf.float32)])(x)
+    for got in (eager, dynamic):
+        assert got[0].shape == x.shape
+        for g, e in zip(got, expected):
+            assert_close(g, e, rtol=2e-4, atol=2e-4)
+    # each sample is normalised with its own statistics, not the batch's
+    y = eager[0].numpy()
+    assert_close(y.mean(axis=(1, 2, 3)), [[0.1, -0.2, 0.3]] * batch, atol=1e-5)
+
+
 def test_encoder_and_decoder_configs_round_trip():
     x = tf.random.stateless_normal([1, 8, 8, 8, 1], seed=[5, 6])
     enc = ModalityEncoder(base_width=2, levels=3, activation="elu", name="enc")

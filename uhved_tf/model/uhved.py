@@ -58,11 +58,11 @@ class UHVED(BaseNetwork):
         """[B, D, H, W, M] -> per scale ``(mu, logvar)``, each [B, d, h, w, M, C]."""
         encodings = []
         for feats in self.encoder(image):
-            half = feats.shape[-1] // 2
-            mu = tf.cast(feats[..., :half], tf.float32)
-            logvar = tf.clip_by_value(tf.cast(feats[..., half:], tf.float32),
-                                      -self.logvar_clip, self.logvar_clip)
-            encodings.append((mu, logvar))
+            # tf.split, not two slices: the gradient of a channel slice (StridedSliceGrad) pads a
+            # zero tensor per slice and cost ~0.18 s of a 1.3 s 64^3 training step; a split's
+            # gradient is one concat.
+            mu, logvar = tf.split(tf.cast(feats, tf.float32), 2, axis=-1)
+            encodings.append((mu, tf.clip_by_value(logvar, -self.logvar_clip, self.logvar_clip)))
         return encodings
 
     @staticmethod
