@@ -13,6 +13,7 @@ reproducible and a resumed run sees exactly the batches an uninterrupted run wou
          volume, image trilinear and label nearest), a modality mask per window drawn by the
          subset policy among the modalities the subject has
       -> the block's windows in a random order (the shuffle queue), unbatched
+      -> a buffer of one block of windows (the next block is built while this one trains)
       -> batches of ``batch_size``, prefetched
 
 Iteration i consumes windows [i*B, (i+1)*B), which lie in block (i*B) // windows_per_block, so
@@ -129,7 +130,11 @@ def make_training_dataset(load_case_arrays: Callable[[int], tuple], num_subjects
     ds = tf.data.Dataset.range(start_block, 2**62).flat_map(block_windows)
     if skip:
         ds = ds.skip(skip)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
+    # A block's windows come out only once the whole block is built (they are shuffled
+    # together), so a short prefetch left training waiting for every new block (load +
+    # preprocess + augment, ~3 s for a BraTS-size case). A buffer of one block of windows lets
+    # the next block be built while this one trains.
+    ds = ds.prefetch(windows_per_block).batch(batch_size, drop_remainder=True).prefetch(2)
     options = tf.data.Options()
     options.deterministic = True
     options.threading.private_threadpool_size = max(1, num_parallel)
