@@ -36,7 +36,8 @@ calls it).
    training step at the paper's 112^3 window fits in 12 GB.
 4. **Inference**: all 15 modality subsets predicted with encode-once against one subset (target
    <= 3x; the cost split into encoders and per-subset decoding gives the lowest ratio any sharing
-   can reach), 10 posterior samples against the posterior mean (target <= 2x), both on one
+   can reach), 10 posterior samples against the posterior mean (target <= 2x; the cost split into
+   encoders, image decoders, segmentation decoders and sampling gives its bound too), both on one
    64^3 window through the sliding window, and seconds per case for a BraTS-size volume
    (240x240x155, four modalities) with the inference window, overlap, border and samples of the
    config.
@@ -534,6 +535,8 @@ def inference(report, app, model, sizes):
           f"lowest possible {n}-subset ratio (E + {n} D) / (E + D) = {(e + n * d) / (e + d):.2f}")
     report.figure(f"{n} subsets / one subset (encode once)", every / one, f"{every / one:.2f}x", "<= 3x",
                   lambda v: v <= 3)
+    if inf.samples and hasattr(model, "decode_seg"):
+        sample_costs(model, w, inf.samples, sizes.repeats)
     report.figure(f"{inf.samples} samples / posterior mean", sampled / one, f"{sampled / one:.2f}x", "<= 2x",
                   lambda v: v <= 2)
 
@@ -549,6 +552,34 @@ def inference(report, app, model, sizes):
           f"{'x'.join(map(str, window))}, overlap {inf.window_overlap}, border {','.join(map(str, inf.border))}, "
           f"{inf.samples} samples, tta {inf.tta}: {sampling.calls - calls} batches of {batch_size} window(s)")
     report.figure("seconds per case", seconds, f"{seconds:.1f} s")
+
+
+def sample_costs(model, window, samples, repeats):
+    """Where the time of ``samples`` posterior samples goes, per window (all modalities): the
+    encoders and fusion (E), the four image decoders on the posterior mean (I, both paths), one
+    segmentation decoder (S) and ``samples`` of them in one batch, and drawing the samples (R).
+    The posterior mean costs E + I + S, ``samples`` = N samples E + I + R + S_N: with free
+    sampling the ratio is still (E + I + S_N) / (E + I + S), which is the floor for decoding
+    every sample with this decoder."""
+    x = tf.random.normal((1, *window, len(model.modalities)), seed=6)
+    mask = tf.ones((1, len(model.modalities)))
+    encode = tf.function(lambda x: model.fuse(model.encode(x), mask))
+    posteriors = encode(x)
+    means = [loc for loc, _ in posteriors]
+    draw = tf.function(lambda p: model.sample(p, tf.constant([1, 2]), num_samples=samples))
+    seg = tf.function(model.decode_seg)
+    images = tf.function(model.decode_images)
+    zs = draw(posteriors)
+
+    def t(fn, *a):
+        return median_time(lambda: tf.nest.map_structure(lambda v: v.numpy(), fn(*a)), max(3, repeats * 2))
+
+    e, i, s1, sn, r = t(encode, x), t(images, means), t(seg, means), t(seg, zs), t(draw, posteriors)
+    print(f"   per window: encoders + fusion E {e * 1000:.0f} ms, 4 image decoders I {i * 1000:.0f} ms, one "
+          f"segmentation decoder S {s1 * 1000:.0f} ms, {samples} in one batch {sn * 1000:.0f} ms "
+          f"= S_{samples} ({sn / s1:.1f} S), drawing the samples R {r * 1000:.0f} ms -> the parts added up "
+          f"(E + I + R + S_{samples}) / (E + I + S) = {(e + i + r + sn) / (e + i + s1):.2f}; even with free "
+          f"sampling (E + I + S_{samples}) / (E + I + S) = {(e + i + sn) / (e + i + s1):.2f}")
 
 
 # --- main ---------------------------------------------------------------------------------------------
