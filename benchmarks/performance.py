@@ -110,33 +110,10 @@ _CONV_SHAPES = {
 }
 
 
-def conv3d_flops(graph) -> dict:
-    """``{"forward": ..., "backward": ...}`` FLOPs of the 3-D convolutions in ``graph``.
-
-    A convolution with kernel [kd, kh, kw, Cin, Cout] costs 2 kd kh kw Cin FLOPs per element of
-    its (forward) output, and so does each of its two back-propagations (to the input and to the
-    kernel). An op whose result nothing uses (the gradient of the input image) is not counted:
-    TensorFlow prunes it before running the graph.
-    """
-    outputs = {t.name for t in getattr(graph, "outputs", ())}
-    counts = {"forward": 0, "backward": 0}
-    for op in graph.get_operations():
-        if op.type not in _CONV_SHAPES:
-            continue
-        if not op.outputs[0].consumers() and op.outputs[0].name not in outputs:
-            continue
-        kernel, forward_out = ((op.inputs if side == "in" else op.outputs)[i].shape.as_list()
-                               for side, i in _CONV_SHAPES[op.type])
-        if None in kernel or None in forward_out:
-            raise ValueError(f"{op.name}: the FLOP count needs static shapes, got {kernel} and {forward_out}")
-        flops = 2 * math.prod(kernel[:4]) * math.prod(forward_out)
-        counts["forward" if op.type == "Conv3D" else "backward"] += flops
-    return counts
-
-
 def conv_ops(graph) -> dict:
-    """``{(op type, input shape, kernel shape): count}`` of the 3-D convolutions ``graph`` runs
-    (the same pruning as :func:`conv3d_flops`); shapes in forward terms (input, kernel)."""
+    """``{(op type, forward input shape, kernel shape, forward output shape): count}`` of the 3-D
+    convolutions ``graph`` runs. An op whose result nothing uses (the gradient of the input
+    image) is left out: TensorFlow prunes it before running the graph."""
     outputs = {t.name for t in getattr(graph, "outputs", ())}
     found = {}
     for op in graph.get_operations():
@@ -144,27 +121,37 @@ def conv_ops(graph) -> dict:
             continue
         if not op.outputs[0].consumers() and op.outputs[0].name not in outputs:
             continue
-        if op.type == "Conv3D":
-            x, k = op.inputs[0].shape, op.inputs[1].shape
-        elif op.type == "Conv3DBackpropInputV2":
-            x, k = op.outputs[0].shape, op.inputs[1].shape
-        else:
-            x, k = op.inputs[0].shape, op.outputs[0].shape
-        key = (op.type, tuple(x.as_list()), tuple(k.as_list()))
+        kernel, forward_out = ((op.inputs if side == "in" else op.outputs)[i].shape.as_list()
+                               for side, i in _CONV_SHAPES[op.type])
+        forward_in = (op.outputs[0] if op.type == "Conv3DBackpropInputV2" else op.inputs[0]).shape.as_list()
+        if None in kernel or None in forward_out or None in forward_in:
+            raise ValueError(f"{op.name}: the FLOP count needs static shapes, got {kernel} and {forward_out}")
+        key = (op.type, tuple(forward_in), tuple(kernel), tuple(forward_out))
         found[key] = found.get(key, 0) + 1
     return found
 
 
-def conv_only_seconds(graph, repeats) -> float:
-    """Seconds the step's convolutions take run one at a time on their own (each distinct
+def conv3d_flops(graph) -> dict:
+    """``{"forward": ..., "backward": ...}`` FLOPs of the 3-D convolutions in ``graph``
+    (:func:`conv_ops`). A convolution with kernel [kd, kh, kw, Cin, Cout] costs 2 kd kh kw Cin
+    FLOPs per element of its (forward) output, and so does each of its two back-propagations (to
+    the input and to the kernel)."""
+    counts = {"forward": 0, "backward": 0}
+    for (kind, _, kernel, forward_out), n in conv_ops(graph).items():
+        counts["forward" if kind == "Conv3D" else "backward"] += n * 2 * math.prod(kernel[:4]) * math.prod(forward_out)
+    return counts
+
+
+def conv_only_seconds(ops, repeats) -> float:
+    """Seconds the step's convolutions (``ops`` from :func:`conv_ops`) take run one at a time on their own (each distinct
     convolution timed alone, forward or back-propagation as in the step, times its count): the
     step time if everything else were free, so FLOPs / this is the highest training efficiency
     these layer widths allow with this machine's convolution kernels."""
     total = 0.0
-    for (kind, xs, ks), count in conv_ops(graph).items():
+    for (kind, xs, ks, ys), count in ops.items():
         x = tf.random.normal(xs, seed=3)
         k = tf.random.normal(ks, seed=4)
-        dy = tf.random.normal([*xs[:-1], ks[-1]], seed=5)
+        dy = tf.random.normal(ys, seed=5)
         strides = [1] * 5
         if kind == "Conv3D":
             fn = tf.function(lambda: tf.nn.conv3d(x, k, strides, "SAME"))
@@ -314,7 +301,8 @@ def reference_conv(repeats, size=64, channels=32):
     return flops, median_time(lambda: forward_backward(x), max(3, repeats * 3))
 
 
-def training_efficiency(report, graph, step_times, repeats, size, batch_size, unfused_times=None):
+def training_efficiency(report, graph, step_times, repeats, size, batch_size, unfused_times=None) -> dict:
+    """Prints part 1; returns the step's conv FLOPs (:func:`conv3d_flops`)."""
     flops, n_ops = conv3d_flops(graph), len(graph.get_operations())
     ref_flops, ref_seconds = reference_conv(repeats)
     ref_rate = ref_flops / ref_seconds
@@ -329,8 +317,9 @@ def training_efficiency(report, graph, step_times, repeats, size, batch_size, un
           f"in {ref_seconds:.3f} s = {ref_rate / 1e9:.1f} GFLOP/s")
     rate = sum(flops.values()) / step
     print(f"   training step: median {step:.3f} s over {len(step_times)} steps = {rate / 1e9:.1f} GFLOP/s")
-    conv_only = conv_only_seconds(graph, repeats)
-    print(f"   the step's {sum(conv_ops(graph).values())} convolutions alone, one at a time: {conv_only:.3f} s = "
+    ops = conv_ops(graph)
+    conv_only = conv_only_seconds(ops, repeats)
+    print(f"   the step's {sum(ops.values())} convolutions alone, one at a time: {conv_only:.3f} s = "
           f"{sum(flops.values()) / conv_only / 1e9:.1f} GFLOP/s = {sum(flops.values()) / conv_only / ref_rate:.2f} "
           f"of the reference (the efficiency if everything else were free and the convolutions ran one at a "
           f"time: what these layer widths reach with this machine's convolution kernels; most have 4-16 "
@@ -341,41 +330,31 @@ def training_efficiency(report, graph, step_times, repeats, size, batch_size, un
               f"{unfused:.3f} s ({unfused / step:.2f}x the fused step)")
     report.figure(f"training efficiency at {cube(size)}", rate / ref_rate, f"{rate / ref_rate:.2f}",
                   ">= 0.7", lambda v: v >= 0.7)
+    return flops
 
 
-def pytorch_twin(report, args, sizes, step_times, graph):
-    """The same network in plain eager PyTorch (``benchmarks/pytorch_twin.py``), in its own
-    process right after ours: its step time against ours. Skipped (said so) without torch."""
+def pytorch_twin(report, net, sizes, step_times, flops):
+    """The same network (``net``: the [NETWORK] settings) in plain eager PyTorch
+    (``benchmarks/pytorch_twin.py``), in its own process right after ours: its step time against
+    ours. Skipped (said so) without torch."""
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
         print("   PyTorch twin: skipped (torch is not installed; `pip install torch` to compare)")
         return
-    net = load_network_settings(args.config)
-    base_width = args.base_width if args.base_width is not None else net.base_width
-    cmd = [sys.executable, str(REPO / "benchmarks" / "pytorch_twin.py"), "--size", str(sizes.train),
-           "--steps", str(sizes.steps), "--base-width", str(base_width), "--levels", str(net.levels)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        print(f"   PyTorch twin failed (exit code {proc.returncode}): {tail}")
+    r = run_json([sys.executable, str(REPO / "benchmarks" / "pytorch_twin.py"), "--size", str(sizes.train),
+                  "--steps", str(sizes.steps), "--base-width", str(net.base_width), "--levels", str(net.levels)])
+    if isinstance(r, str):
+        print(f"   PyTorch twin failed ({r})")
         return
-    r = json.loads(lines[-1])
     ours = statistics.median(step_times)
-    same = abs(r["conv_gflop_per_step"] * 1e9 - sum(conv3d_flops(graph).values())) < 1e6
+    same = abs(r["conv_gflop_per_step"] * 1e9 - sum(flops.values())) < 1e6
     print(f"   the same network in eager PyTorch {r['torch']} ({r['memory_format']}, {r['threads']} threads, "
           f"{r['params']} parameters, {r['conv_gflop_per_step']:.2f} GFLOP per step: "
           f"{'the same' if same else 'NOT the same'} count): step {r['step_s']:.3f} s (median of "
           f"{len(r['step_times'])}), first step {r['first_step_s']:.1f} s, peak RSS {r['peak_rss_bytes'] / GB:.2f} GB")
     report.figure(f"PyTorch twin step / ours at {cube(sizes.train)}", r["step_s"] / ours,
                   f"{r['step_s'] / ours:.2f}x", "> 1 (ours faster)", lambda v: v > 1)
-
-
-def load_network_settings(config):
-    from uhved_tf.config import load_config
-
-    return load_config(config).network
 
 
 def unfused_step_times(app, batch, steps) -> list:
@@ -457,18 +436,23 @@ def worker(args):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_worker(args, size):
-    """The worker's JSON dict, or the reason it failed (a string)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(size), "--config",
-           str(args.config.resolve())]
-    if args.base_width is not None:
-        cmd += ["--base-width", str(args.base_width)]
+def run_json(cmd):
+    """Run ``cmd`` in a fresh process: its last JSON line as a dict, or why it failed (a string)."""
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return f"exit code {proc.returncode}: {tail}"
     return json.loads(lines[-1])
+
+
+def run_worker(args, size):
+    """The worker's JSON dict, or the reason it failed (a string)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(size), "--config",
+           str(args.config.resolve())]
+    if args.base_width is not None:
+        cmd += ["--base-width", str(args.base_width)]
+    return run_json(cmd)
 
 
 def startup(report, args, sizes) -> bool:
@@ -641,9 +625,9 @@ def main(argv=None):
             run.times(batch, 2)                                # graph optimisation, warm-up
             const = run.times(batch, sizes.steps)
             if "training" in args.parts:
-                training_efficiency(report, graph, const, sizes.repeats, sizes.train, app.cfg.network.batch_size,
-                                    unfused_step_times(app, batch, sizes.steps))
-                pytorch_twin(report, args, sizes, const, graph)
+                flops = training_efficiency(report, graph, const, sizes.repeats, sizes.train,
+                                            app.cfg.network.batch_size, unfused_step_times(app, batch, sizes.steps))
+                pytorch_twin(report, app.cfg.network, sizes, const, flops)
             if "pipeline" in args.parts:
                 pipeline_overhead(report, app, run, batch, sizes, tmp, const)
             if step.experimental_get_tracing_count() != 1:
