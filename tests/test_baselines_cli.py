@@ -2,9 +2,8 @@
 ``evaluate`` picking the per-subset networks.
 
 To stay within a few minutes on a loaded 2-core CPU, ``train --all-subsets`` is limited to three
-subsets with ``--subsets`` (the loop is the same for 15); ``benchmarks/table1.py --quick`` is not
-run here: it trains 18 networks and evaluates 4 methods, 193 s measured on the 2-core CPU (over the
-~90 s allowed for CI); run it by hand: ``python benchmarks/table1.py --quick --out /tmp/t1``.
+subsets with ``--subsets`` (the loop is the same for 15). ``uhved_tf table1`` is tested with two
+methods in ``tests/test_table1_cli.py``.
 """
 
 from __future__ import annotations

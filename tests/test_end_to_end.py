@@ -188,6 +188,22 @@ def test_evaluate_prints_dice_per_subset(trained, tmp_path):
     assert all(r["significant"] in ("False", "0", "false") for r in csv.DictReader(open(tmp_path / "cmp" / "compare.csv")))
 
 
+def test_evaluate_chooses_the_checkpoint(trained, tmp_path):
+    root, cfg, _ = trained
+    run_cli("evaluate", "-c", cfg, "--subsets", "full", "-o", tmp_path / "ev1", "-q", "--checkpoint", "1")
+    import json
+    (used,) = json.loads((tmp_path / "ev1" / "models.json").read_text())
+    assert used["checkpoint"] == "1" and used["iteration"] == 1
+    # No validation ran, so there is no best checkpoint: one clear line, exit 2, nothing written.
+    proc = run_cli("evaluate", "-c", cfg, "--subsets", "full", "-o", tmp_path / "evb", "-q", "--checkpoint", "best",
+                   check=False)
+    assert proc.returncode == 2 and "checkpoint = best" in proc.stderr and "validation_every_n" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "evb" / "per_case.csv").exists()
+    proc = run_cli("inference", "-c", cfg, "-q", "--checkpoint", "2", "--set", "INFERENCE.inference_iter=1",
+                   "-o", tmp_path / "inf", check=False)
+    assert proc.returncode == 2 and "disagree" in proc.stderr
+
+
 @pytest.mark.parametrize("case", ["unknown_key", "missing_file", "shape_mismatch"])
 def test_bad_inputs_exit_with_one_clear_line(project, tmp_path, case):
     root, cfg, data = project

@@ -227,7 +227,7 @@ class Application:
         """Train to ``max_iter`` (see the CLI's ``train``); ``on_iteration(iteration, losses)`` is
         called after every step (benchmarks/soak.py samples memory with it)."""
         import tensorflow as tf
-        from uhved_tf.losses import LossWeights
+        from uhved_tf.losses import LossForms, LossWeights
         from uhved_tf.training.trainer import TrainSettings, Trainer, latest_iteration
 
         cfg = self.cfg
@@ -241,9 +241,10 @@ class Application:
                     f"{self.model_dir} already has checkpoints up to iteration {latest}; pass --resume to continue "
                     f"(or set [TRAINING] starting_iter = -1), or --overwrite to start again and delete them")
             import shutil
-            for sub in ("checkpoints", "logs"):
+            from uhved_tf.training.checkpoint import BEST_DIR, ROLLING_DIR
+            for sub in (ROLLING_DIR, BEST_DIR, "logs"):
                 shutil.rmtree(self.model_dir / sub, ignore_errors=True)
-            for f in ("metrics.csv", METADATA_NAME):
+            for f in ("metrics.csv", "validation.csv", METADATA_NAME):
                 (self.model_dir / f).unlink(missing_ok=True)
             latest = None
         if start > 0:
@@ -281,7 +282,8 @@ class Application:
             lr_decay_every=cfg.training.lr_decay_every, save_every_n=cfg.training.save_every_n,
             max_checkpoints=cfg.training.max_checkpoints, tensorboard_every_n=cfg.training.tensorboard_every_n,
             optimiser=cfg.training.optimiser, seed=cfg.system.seed, num_classes=cfg.task.num_classes,
-            loss_weights=LossWeights.from_training_settings(cfg.training)), self.model_dir, strategy)
+            loss_weights=LossWeights.from_training_settings(cfg.training),
+            loss_forms=LossForms.from_settings(cfg.training, cfg.network)), self.model_dir, strategy)
         if start > 0:
             try:
                 start = trainer.restore(start if start != latest else None)
@@ -340,22 +342,30 @@ class Application:
             raise UhvedError(f"{self.model_dir} has no trained model ({METADATA_NAME} missing); run "
                              f"`uhved_tf train -c CONFIG` first or point [SYSTEM] model_dir at a model")
         model = self.build_model()
-        it = self.cfg.inference.inference_iter
-        ckdir = checkpoint_dir(self.model_dir)
-        path = tf.train.latest_checkpoint(str(ckdir)) if it < 0 else str(ckdir / f"ckpt-{it}")
-        if path is None or not Path(path + ".index").exists():
-            have = sorted(int(p.name[len("ckpt-"):-len(".index")]) for p in ckdir.glob("ckpt-*.index"))
-            hint = (f"; available: {', '.join(map(str, have))} (set [INFERENCE] inference_iter = -1 for the latest)"
-                    if have else "; train first")
-            raise UhvedError(f"no checkpoint {'(latest)' if it < 0 else it} in {ckdir}{hint}")
-        from uhved_tf.training.checkpoint import restore_model
+        from uhved_tf.training.checkpoint import find_checkpoint, restore_model
+        which = self.checkpoint_choice()
+        try:
+            path, iteration = find_checkpoint(self.model_dir, which)
+        except LookupError as exc:
+            raise UhvedError(f"[INFERENCE] checkpoint = {which}: {exc}") from None
         try:
             restore_model(model, path)
         except (ValueError, AssertionError, tf.errors.OpError) as exc:
             raise UhvedError(f"{path}: checkpoint is damaged or does not fit this network "
                              f"({str(exc).splitlines()[0]})") from None
-        log.info("loaded %s", path)
+        self.loaded_checkpoint = {"checkpoint": which, "iteration": iteration, "path": path}
+        log.info("loaded %s (checkpoint = %s, iteration %d)", path, which, iteration)
         return model
+
+    def checkpoint_choice(self) -> str:
+        """``[INFERENCE] checkpoint`` with NiftyNet's ``inference_iter`` (N >= 0) as another way to say N."""
+        inf = self.cfg.inference
+        if inf.inference_iter >= 0:
+            if inf.checkpoint not in ("latest", str(inf.inference_iter)):
+                raise ConfigError(f"[INFERENCE] inference_iter = {inf.inference_iter} and checkpoint = "
+                                  f"{inf.checkpoint} disagree; set only one of them")
+            return str(inf.inference_iter)
+        return inf.checkpoint
 
     def inference_window(self):
         return tuple(self.cfg.inference.spatial_window_size or self.cfg.spatial_window_size)

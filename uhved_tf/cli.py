@@ -68,6 +68,13 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def _checkpoint_arg(text: str) -> str:
+    value = text.strip().lower()
+    if value in ("latest", "best") or value.isdigit():
+        return value
+    raise argparse.ArgumentTypeError("expected latest, best or a checkpoint iteration")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="uhved_tf",
@@ -109,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", action="store_true", help="also draw the paper's Fig. 3 for the first case (PNG)")
     p.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"),
                    help="compare two evaluation folders (per_case.csv) with a Wilcoxon test per subset and region")
+
+    p = sub.add_parser("table1", help="the paper's Table 1: train and evaluate several networks like for like")
+    _add_config_args(p)
+    p.add_argument("--methods", default="u_hved,u_hemis",
+                   help="networks to compare, e.g. u_hved,u_hemis,hemis,single (default u_hved,u_hemis); each "
+                        "may name its own config (u_hemis=cfg.ini), which must then differ only in the network")
+    p.add_argument("-o", "--output", help="study folder (default: table1/ next to [SYSTEM] model_dir)")
+    p.add_argument("--checkpoint", default="latest", type=_checkpoint_arg,
+                   help="checkpoint evaluated: latest, best (needs validation) or an iteration (default latest)")
+    p.add_argument("--force-eval", action="store_true", help="evaluate again even if the evaluation is current")
 
     p = sub.add_parser("zoo", help="the bundled trained models (model_zoo/)")
     p.add_argument("action", choices=["list"], help="list: name, network, modalities and summary of each entry")
@@ -266,16 +283,23 @@ def _cmd_demo_data(args, cfg) -> int:
     return 0
 
 
+def _cmd_table1(args, cfg, extra=()) -> int:
+    from uhved_tf.study import table1_command
+    return table1_command(args, cfg, extra)
+
+
 def _export_commands():
     from uhved_tf.export.commands import COMMANDS as export_commands   # no TensorFlow import
     return export_commands
 
 
 COMMANDS = {"train": _cmd_train, "inference": _cmd_inference, "evaluate": _cmd_evaluate,
-            "demo-data": _cmd_demo_data, "zoo": _cmd_zoo, **_export_commands()}
+            "demo-data": _cmd_demo_data, "zoo": _cmd_zoo, "table1": _cmd_table1, **_export_commands()}
 
 
 NO_CONFIG_COMMANDS = ("demo-data", "zoo")
+#: Commands that pass the command-line overrides on to the processes they start.
+PASS_OVERRIDES_COMMANDS = ("table1",)
 
 
 def main(argv=None) -> int:
@@ -296,6 +320,8 @@ def main(argv=None) -> int:
         _prepare_environment()
         if cfg is not None:
             _import_tensorflow_quietly(getattr(args, "verbose", False))
+        if args.command in PASS_OVERRIDES_COMMANDS:
+            return COMMANDS[args.command](args, cfg, extra)
         return COMMANDS[args.command](args, cfg)
     except UhvedError as exc:
         print(f"uhved_tf {args.command}: error: {exc}", file=sys.stderr)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from uhved_tf.losses import (LossWeights, cross_entropy_loss, kl_loss, reconstruction_loss,
+from uhved_tf.losses import (LossForms, LossWeights, cross_entropy_loss, kl_loss, reconstruction_loss,
                              soft_dice_loss, total_loss)
 
 pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors (STYLE.md 13)
@@ -148,7 +148,8 @@ def test_total_loss_adds_recon_kl_and_weight_decay_when_present(batch_and_output
     batch, outputs = batch_and_outputs
     weights = LossWeights(dice=1.0, ce=2.0, recon=0.3, kl=0.7)
     reg = [tf.constant(0.25), tf.constant(0.5)]
-    total, terms = total_loss(outputs, batch, K, weights, regularization=reg)
+    total, terms = total_loss(outputs, batch, K, weights, regularization=reg,
+                              forms=LossForms(kl="paper", dice="plain", decay_reduction="sum"))
     assert set(terms) == {"dice", "ce", "recon", "kl", "weight_decay", "total"}
     labels = tf.constant(batch["label"])
     assert float(terms["dice"]) == pytest.approx(float(soft_dice_loss(outputs["seg_logits"], labels, K)))

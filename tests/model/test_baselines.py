@@ -226,13 +226,29 @@ def test_the_mask_is_not_ignored(nets, image, name):
     assert not np.allclose(a["seg_logits"], b["seg_logits"])
 
 
-def test_u_hemis_uses_u_hveds_encoders_and_one_decoder(nets):
+def test_u_hemis_has_the_original_half_width_encoders_and_one_decoder(nets):
     net = nets["u_hemis"]
     assert isinstance(net.encoder, MultiModalEncoder) and isinstance(net.seg_decoder, UNetDecoder)
     assert not any(isinstance(layer, UNetDecoder) and layer is not net.seg_decoder for layer in net._flatten_layers())
+    # The original U-HeMIS (u_hemis_net.py, ResBlock(encoding=True)): each block's second conv is
+    # half the block's width, so the features are base * 2^k / 2 and the mean/variance skips base * 2^k.
+    widths = [f.shape[-1] for f in net.modality_features(tf.zeros([1, SIZE, SIZE, SIZE, M]))]
+    assert widths == [BASE * 2**k // 2 for k in range(LEVELS)]
+    skips = [f.shape[-1] for f in net.fused_features(tf.zeros([1, SIZE, SIZE, SIZE, M]), tf.ones([1, M]))]
+    assert skips == [BASE * 2**k for k in range(LEVELS)]
+    first_block = net.encoder.encoders[0].blocks[0]
+    assert [c.filters for c in first_block.convs] == [BASE, BASE // 2]
+    assert not net.synthesises and not net.variational
+
+
+def test_u_hemis_wide_reuses_u_hveds_full_width_encoders():
+    from uhved_tf.model.registry import get_network_class
+    from uhved_tf.model.u_hemis import UHeMISWide
+
+    assert get_network_class("u_hemis_wide") is UHeMISWide
+    net = UHeMISWide(MODALITIES, K, base_width=BASE, levels=LEVELS)
     widths = [f.shape[-1] for f in net.modality_features(tf.zeros([1, SIZE, SIZE, SIZE, M]))]
     assert widths == [BASE * 2**k for k in range(LEVELS)]  # U-HVED's encoder widths
-    assert not net.synthesises and not net.variational
 
 
 def test_hemis_is_full_resolution_with_moments_of_its_branches(nets):

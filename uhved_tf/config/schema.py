@@ -193,6 +193,21 @@ class Str(Kind):
         return "a string (str)"
 
 
+class CheckpointChoice(Str):
+    """``latest``, ``best`` or a checkpoint iteration (a whole number >= 0)."""
+
+    type_name = "checkpoint"
+
+    def parse(self, text: str) -> str:
+        value = super().parse(text).lower()
+        if value in ("latest", "best") or value.isdigit():
+            return str(int(value)) if value.isdigit() else value
+        raise ValueError("expected latest, best or a checkpoint iteration (a whole number >= 0)")
+
+    def describe(self) -> str:
+        return "latest, best or an iteration (checkpoint)"
+
+
 class Regex(Str):
     """A Python regular expression that must compile."""
 
@@ -609,6 +624,9 @@ NETWORK_KEYS: tuple[Key, ...] = (
       "Last incomplete batch at inference: pad it, drop it or run a smaller batch", used=False, note='inference batches of any size are supported (dynamic)'),
     K("decay", Float(lo=0), 0.0, "Weight-decay (regularisation) factor on the conv kernels"),
     K("reg_type", Choice("L1", "L2"), "L2", "Weight regulariser type"),
+    K("decay_reduction", Choice("mean", "sum"), "mean",
+      "How the conv kernels' weight-decay penalties are combined: mean over the kernels (the original "
+      "U-HVED code) or sum (Keras' convention, n_kernels times stronger)"),
     K("volume_padding_size", Spatial("repeat", lo=0), (0, 0, 0),
       "Voxels padded on each side of every volume before sampling; removed from outputs"),
     K("volume_padding_mode", Choice(*_NP_PAD_MODES), "minimum", "numpy.pad mode of volume_padding_size", used=False, note='padding outside the image is 0 after whitening'),
@@ -712,6 +730,13 @@ TRAINING_KEYS: tuple[Key, ...] = (
     K("loss_weight_ce", Float(lo=0), 1.0, "Weight of the cross-entropy loss of the segmentation"),
     K("loss_weight_recon", Float(lo=0), 0.1, "Weight of the L2 reconstruction loss of the modalities"),
     K("loss_weight_kl", Float(lo=0), 0.1, "Weight of the KL divergence of the latent posteriors"),
+    K("kl", Choice("original", "paper"), "original",
+      "Form of the KL term: original (the original code's: KL of all 15 subsets' posteriors to N(0, I) / 15 "
+      "+ KL of the drawn subset's to each other subset's / 14) or paper (KL of the drawn subset's posterior "
+      "to N(0, I) only); docs/losses.md"),
+    K("dice", Choice("squared", "plain"), "squared",
+      "Form of the soft Dice loss: squared (NiftyNet's: sum p^2 + sum y in the denominator) or plain "
+      "(sum p + sum y); docs/losses.md"),
     K("subset_policy", Choice("uniform_size", "uniform_subset", "prior"), "uniform_size",
       "Training modality subsets: uniform_size (size uniform in 1..M, as U-HVED), uniform_subset, or prior"),
     K("subset_prior", Array(Float(lo=0), post=_probabilities, post_text="summing to 1"), (),
@@ -727,7 +752,11 @@ INFERENCE_KEYS: tuple[Key, ...] = (
     K("spatial_window_size", Spatial("atleast3d", lo=1), (),
       "Inference window in voxels, divisible by 2^(levels-1); empty = the training window"),
     K("border", Spatial("repeat", lo=0), (0, 0, 0), "Voxels cropped from each side of each output window"),
-    K("inference_iter", Int(lo=-1), -1, "Checkpoint iteration used for inference (-1 = latest)"),
+    K("inference_iter", Int(lo=-1), -1,
+      "NiftyNet's checkpoint iteration used for inference (-1 = latest); same as checkpoint = N"),
+    K("checkpoint", CheckpointChoice(), "latest",
+      "Checkpoint used by inference, evaluate and export: latest, best (the best validation score, kept "
+      "when validation_every_n > 0) or an iteration N"),
     K("save_seg_dir", PathStr("model_dir", empty="base"), "./output", "Output folder (relative to model_dir)"),
     K("output_postfix", Str(), "_niftynet_out", "Suffix of output file names", used=False, note='outputs are named <id>_seg.nii.gz, <id>_<modality>_synth.nii.gz, <id>_uncertainty.nii.gz'),
     K("output_interp_order", Int(0, 3), 0, "Spline order used to resample outputs back to the input grid", used=False, note='segmentations are resampled with order 0, images with order 1'),

@@ -91,6 +91,11 @@ def evaluate_subjects(app, subsets, phase="Inference", out_dir=None, progress=Tr
     bar.close()
     summary = summarise(rows, subsets)
     write_reports(rows, summary, subsets, cfg.modalities, out_dir)
+    # Which trained weights were scored (checkpoint = latest | best | N).
+    models = [{"model_dir": str(a.model_dir), "subsets": ["+".join(s) for s in group],
+               **{k: v for k, v in (getattr(a, "loaded_checkpoint", None) or {}).items() if k != "path"}}
+              for a, _, group in groups]
+    (out_dir / "models.json").write_text(json.dumps(models, indent=2) + "\n")
     return {"rows": rows, "summary": summary, "out_dir": str(out_dir)}
 
 

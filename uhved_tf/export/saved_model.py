@@ -546,6 +546,9 @@ def export_saved_model(app, model=None, *, output: str | os.PathLike | None = No
             landmarks_asset = src.name or "hist.txt"
             shutil.copyfile(src, assets / landmarks_asset)
         meta = export_metadata(app, module, name, version, landmarks_asset)
+        loaded = getattr(app, "loaded_checkpoint", None)
+        if loaded:
+            meta["checkpoint"] = {"checkpoint": loaded["checkpoint"], "iteration": loaded["iteration"]}
         (assets / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if final.exists():          # only with overwrite (checked above)
             trash = base / f".old-{version}-{uuid.uuid4().hex[:8]}"

@@ -17,21 +17,29 @@ class ModalityEncoder(keras.layers.Layer):
     """Encodes an image [B, D, H, W, C_in] into ``levels`` feature maps, finest first.
 
     C_in is 1 for one modality (U-HVED, U-HeMIS); the 1x1x1 stem takes any channel count, so
-    :class:`~uhved_tf.model.single.Single` feeds it its concatenated modalities."""
+    :class:`~uhved_tf.model.single.Single` feeds it its concatenated modalities.
+
+    ``half_second_conv`` gives each block's second convolution half the block's width (the
+    original U-HeMIS encoder, ReubenDo/U-HVED ``u_hemis_net.py``, ``ResBlock(encoding=True)``);
+    U-HVED's blocks have two full-width convolutions (the halves are its means and log-variances).
+    """
 
     def __init__(self, base_width: int = 8, levels: int = 4, activation: str = "leakyrelu",
-                 weight_decay: float = 0.0, reg_type: str = "L2", **kwargs):
+                 weight_decay: float = 0.0, reg_type: str = "L2", half_second_conv: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.base_width = base_width
         self.levels = levels
         self.activation = activation
         self.weight_decay = weight_decay
         self.reg_type = reg_type
+        self.half_second_conv = bool(half_second_conv)
         self._act = get_activation(activation, after_conv=True)
         self.stem = keras.layers.Conv3D(base_width, 1, name="conv_0", kernel_initializer="he_normal",
                                         kernel_regularizer=make_regularizer(weight_decay, reg_type))
         self.blocks = [
-            ConvBlock((base_width * 2**k,) * 2, activation=activation, weight_decay=weight_decay,
+            ConvBlock((base_width * 2**k, max(1, base_width * 2**k // (2 if half_second_conv else 1))),
+                      activation=activation, weight_decay=weight_decay,
                       reg_type=reg_type, name=f"block_{k + 1}")
             for k in range(levels)
         ]
@@ -52,7 +60,7 @@ class ModalityEncoder(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "base_width": self.base_width, "levels": self.levels,
                 "activation": self.activation, "weight_decay": self.weight_decay,
-                "reg_type": self.reg_type}
+                "reg_type": self.reg_type, "half_second_conv": self.half_second_conv}
 
 
 class MultiModalEncoder(keras.layers.Layer):
@@ -61,16 +69,18 @@ class MultiModalEncoder(keras.layers.Layer):
 
     def __init__(self, num_modalities: int, base_width: int = 8, levels: int = 4,
                  activation: str = "leakyrelu", weight_decay: float = 0.0, reg_type: str = "L2",
-                 **kwargs):
+                 half_second_conv: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.num_modalities = num_modalities
+        self.half_second_conv = bool(half_second_conv)
         self.base_width = base_width
         self.levels = levels
         self.activation = activation
         self.weight_decay = weight_decay
         self.reg_type = reg_type
         self.encoders = [
-            ModalityEncoder(base_width, levels, activation, weight_decay, reg_type, name=f"encoder_{m}")
+            ModalityEncoder(base_width, levels, activation, weight_decay, reg_type,
+                            half_second_conv=half_second_conv, name=f"encoder_{m}")
             for m in range(num_modalities)
         ]
 
@@ -82,4 +92,4 @@ class MultiModalEncoder(keras.layers.Layer):
         return {**super().get_config(), "num_modalities": self.num_modalities,
                 "base_width": self.base_width, "levels": self.levels,
                 "activation": self.activation, "weight_decay": self.weight_decay,
-                "reg_type": self.reg_type}
+                "reg_type": self.reg_type, "half_second_conv": self.half_second_conv}

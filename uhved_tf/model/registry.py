@@ -73,10 +73,11 @@ def _ensure_builtin() -> None:
         return
     from uhved_tf.model.hemis import HeMIS
     from uhved_tf.model.single import Single
-    from uhved_tf.model.u_hemis import UHeMIS
+    from uhved_tf.model.u_hemis import UHeMIS, UHeMISWide
     from uhved_tf.model.uhved import UHVED
 
     register_network("u_hved", UHVED, aliases=("u_hved.u_hved_net.U_HVED", "uhved", "U_HVED"))
     register_network("u_hemis", UHeMIS, aliases=("u_hemis.u_hemis_net.U_HeMIS", "uhemis", "U_HeMIS"))
+    register_network("u_hemis_wide", UHeMISWide)
     register_network("hemis", HeMIS)
     register_network("single", Single)

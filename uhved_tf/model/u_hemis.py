@@ -4,20 +4,21 @@
 skip-connections are the first and second moments of the modality-specific feature maps such as
 in HeMIS. U-HeMIS has only one decoder for tumour segmentation."
 
-* Encoders: :class:`~uhved_tf.model.encoders.MultiModalEncoder`, the very encoders of U-HVED
-  (one per modality, same widths base * 2^k at ``levels`` scales).
+* Encoders: one per modality, as :class:`~uhved_tf.model.encoders.MultiModalEncoder`, with the
+  original U-HeMIS widths: each block's first convolution base * 2^k channels, its second
+  base * 2^k / 2 (ReubenDo/U-HVED ``u_hemis_net.py``: ``ResBlock(encoding=True)`` halves the
+  second convolution).
 * Skip connection at scale k: ``concat(mean, variance)`` of the available modalities' feature maps
-  (:func:`uhved_tf.model.hemis_fusion.hemis_abstraction`), [B, d_k, h_k, w_k, 2 * base * 2^k].
-* One :class:`~uhved_tf.model.decoders.UNetDecoder` to the K classes (U-HVED's block widths).
+  (:func:`uhved_tf.model.hemis_fusion.hemis_abstraction`), [B, d_k, h_k, w_k, base * 2^k].
+* One :class:`~uhved_tf.model.decoders.UNetDecoder` to the K classes (U-HVED's block widths, as
+  the original's ``ConvDecoderImg``).
 
 Output: ``seg_logits`` only, so the loss is Dice + cross-entropy (no KL, no reconstruction) and
 inference is one deterministic forward pass (``samples`` is ignored).
 
-Difference from the original code (ReubenDo/U-HVED ``u_hemis_net.py``): there the second conv
-of each encoder block had half the block's width, so the moments were base * 2^k / 2 wide and the
-skips base * 2^k; here the encoder is shared with U-HVED unchanged (both convs base * 2^k, as
-U-HVED's, whose halves are its means and log-variances), so the skips are twice as wide. The
-decoder blocks' output widths are the same.
+``u_hemis_wide`` (:class:`UHeMISWide`) is a variant that is *not* the paper's baseline: it reuses
+U-HVED's encoder unchanged (both convolutions base * 2^k), so its skips are twice as wide as the
+original's (an earlier release of this project called it ``u_hemis``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from uhved_tf.model.hemis_fusion import hemis_abstraction
 class UHeMIS(BaseNetwork):
     synthesises = False
     variational = False
+    #: The original U-HeMIS encoder: the second convolution of each block is half width.
+    half_second_conv = True
 
     def __init__(self, modalities, num_classes: int, base_width: int = 8, levels: int = 4,
                  activation: str = "leakyrelu", weight_decay: float = 0.0, reg_type: str = "L2", **kwargs):
@@ -42,7 +45,8 @@ class UHeMIS(BaseNetwork):
         self.reg_type = reg_type
         common = dict(base_width=self.base_width, levels=self.levels, activation=activation,
                       weight_decay=self.weight_decay, reg_type=reg_type)
-        self.encoder = MultiModalEncoder(len(self.modalities), name="encoders", **common)
+        self.encoder = MultiModalEncoder(len(self.modalities), name="encoders",
+                                         half_second_conv=self.half_second_conv, **common)
         self.seg_decoder = UNetDecoder(num_classes, name="decoder_seg", **common)
 
     # --- the steps -------------------------------------------------------------------------
@@ -64,3 +68,9 @@ class UHeMIS(BaseNetwork):
         return {**super().get_config(), "base_width": self.base_width, "levels": self.levels,
                 "activation": self.activation, "weight_decay": self.weight_decay,
                 "reg_type": self.reg_type}
+
+
+class UHeMISWide(UHeMIS):
+    """U-HeMIS with U-HVED's full-width encoder (two base * 2^k convolutions per block): skips twice
+    as wide as the original baseline's. Not the paper's U-HeMIS; ``[NETWORK] name = u_hemis_wide``."""
+    half_second_conv = False

@@ -97,7 +97,8 @@ class UHVED(BaseNetwork):
 
     # --- Keras entry points ----------------------------------------------------------------
     def call(self, inputs, training=False, seed=None):
-        posteriors = self.fuse(self.encode(inputs["image"]), inputs["modality_mask"])
+        encodings = self.encode(inputs["image"])
+        posteriors = self.fuse(encodings, inputs["modality_mask"])
         if training:
             if seed is None:
                 seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
@@ -109,6 +110,9 @@ class UHVED(BaseNetwork):
             "recon": self.decode_images(zs),
             "posterior_loc": [loc for loc, _ in posteriors],
             "posterior_logvar": [logvar for _, logvar in posteriors],
+            # Every modality's expert (for the original code's KL over all 15 subsets).
+            "expert_loc": [mu for mu, _ in encodings],
+            "expert_logvar": [logvar for _, logvar in encodings],
         }
 
     def predict_from_posteriors(self, posteriors, samples: int = 0, seed=None):

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from uhved_tf.losses import LossWeights, total_loss
-from uhved_tf.training.checkpoint import model_checkpoint
+from uhved_tf.losses import LossForms, LossWeights, total_loss
+from uhved_tf.training.checkpoint import BEST_DIR, ROLLING_DIR, model_checkpoint
 from uhved_tf.training.optimizer import FusedOptimizer
 from uhved_tf.training.progress import Progress
 
@@ -45,13 +45,14 @@ class TrainSettings:
     seed: int = 0
     num_classes: int = 4
     loss_weights: LossWeights = LossWeights()
+    loss_forms: LossForms = LossForms()
 
     def lr_at(self, iteration: int) -> float:
         return self.lr / self.lr_decay_factor ** (iteration // max(1, self.lr_decay_every))
 
 
 def checkpoint_dir(model_dir) -> Path:
-    return Path(model_dir) / "checkpoints"
+    return Path(model_dir) / ROLLING_DIR
 
 
 def latest_iteration(model_dir) -> int | None:
@@ -75,7 +76,7 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(checkpoint_dir(self.model_dir)),
                                                   max_to_keep=settings.max_checkpoints, checkpoint_name="ckpt")
         # The best validation checkpoint, kept apart from the rolling ones.
-        self.best_manager = tf.train.CheckpointManager(self.checkpoint, str(self.model_dir / "checkpoints_best"),
+        self.best_manager = tf.train.CheckpointManager(self.checkpoint, str(self.model_dir / BEST_DIR),
                                                        max_to_keep=1, checkpoint_name="best")
         self._step_fn = None
 
@@ -116,7 +117,8 @@ class Trainer:
             with tf.GradientTape() as tape:
                 outputs = model({"image": batch["image"], "modality_mask": batch["modality_mask"]},
                                 training=True, seed=seed)
-                total, terms = total_loss(outputs, batch, s.num_classes, s.loss_weights, model.losses)
+                total, terms = total_loss(outputs, batch, s.num_classes, s.loss_weights, model.losses,
+                                          s.loss_forms)
                 scaled = total / strategy.num_replicas_in_sync
                 if loss_scale:
                     scaled = scaled * loss_scale
