@@ -1,7 +1,7 @@
 # Two commands from a fresh clone (each sets itself up):
 #   make demo   - make the synthetic demo data, train U-HVED on it (CPU), segment the held-out
 #                 cases with all four modalities and with each single modality, print Dice
-#   make test   - the test suite (what CI runs: .ci/run)
+#   make test   - the linter (ruff, ruff.toml) and the test suite (what CI runs: .ci/run)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/uhved_tf evaluate -c config/demo.ini --subsets "full;singles"
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -x -q
 
 docs: $(STAMP)

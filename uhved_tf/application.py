@@ -13,8 +13,6 @@ import json
 import logging
 import os
 import time
-import uuid
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +21,9 @@ from uhved_tf import __version__
 from uhved_tf.config import Config
 from uhved_tf.data.cases import Case, PreprocessSettings, load_case
 from uhved_tf.data import preprocessing as pp
-from uhved_tf.data.subsets import all_subsets, subset_masks, subset_name
+from uhved_tf.data.subsets import all_subsets
 from uhved_tf.errors import ConfigError, DataError, UhvedError
+from uhved_tf.io.atomic import atomic_write_text, temporary_sibling
 from uhved_tf.io.discovery import InputSpec, find_subjects, load_or_create_split, subjects_in
 
 log = logging.getLogger(__name__)
@@ -336,7 +335,6 @@ class Application:
     # --- inference ---------------------------------------------------------------------------
     def load_trained_model(self):
         import tensorflow as tf
-        from uhved_tf.training.trainer import checkpoint_dir
 
         if self.check_metadata() is None:
             raise UhvedError(f"{self.model_dir} has no trained model ({METADATA_NAME} missing); run "
@@ -428,7 +426,7 @@ class Application:
         staged, written, path = [], [], out_dir
         try:
             for path, arr, dtype, order in targets:
-                tmp = path.parent / f".{path.name[:-len('.nii.gz')]}.{uuid.uuid4().hex[:12]}.partial.nii.gz"
+                tmp = temporary_sibling(path, "partial")
                 staged.append((save_like(arr, case.geometry, tmp, dtype=dtype, interp_order=order), path))
             for tmp, path in staged:
                 os.replace(tmp, path)
@@ -493,12 +491,7 @@ class Application:
 
 
 def _write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, text)
 
 
 def _window_progress(case_id):

@@ -247,7 +247,8 @@ def _compare(args, cfg) -> int:
     out = Path(args.output) if args.output else Path(cfg.evaluation.save_csv_dir)
     out.mkdir(parents=True, exist_ok=True)
     compare_csv(result, out / "compare.csv")
-    (out / "compare.md").write_text(table)
+    from uhved_tf.io.atomic import atomic_write_text
+    atomic_write_text(out / "compare.md", table)
     print(table)
     print(f"comparison in {out / 'compare.md'} and {out / 'compare.csv'}")
     return 0

@@ -16,3 +16,20 @@ class ConfigError(UhvedError):
 
 class DataError(UhvedError):
     """A bad or missing input file, subject or split."""
+
+
+def close_matches(word: str, candidates, n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """Candidates close to ``word`` (case-insensitive, difflib ratio), best first, original spelling."""
+    import difflib
+
+    by_lower: dict[str, str] = {}
+    for c in candidates:
+        by_lower.setdefault(str(c).lower(), str(c))
+    return [by_lower[m] for m in difflib.get_close_matches(str(word).lower(), list(by_lower), n=n, cutoff=cutoff)]
+
+
+def did_you_mean(word: str, candidates, cutoff: float = 0.6) -> str:
+    """``'; did you mean "x"?'`` for the closest candidate, or ``""``: the one suggestion helper of
+    every "unknown name" message."""
+    close = close_matches(word, candidates, n=1, cutoff=cutoff)
+    return f'; did you mean "{close[0]}"?' if close else ""

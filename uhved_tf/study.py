@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from uhved_tf.io.atomic import atomic_write_text
+
 REGIONS = ("whole", "core", "enhancing")
 
 
@@ -125,9 +127,7 @@ class Study:
         times = self.times()
         entry = times.setdefault(run.label, {})
         entry[kind] = round(entry.get(kind, 0.0) + seconds, 1)
-        tmp = self.times_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(times, indent=2))
-        tmp.replace(self.times_file)
+        atomic_write_text(self.times_file, json.dumps(times, indent=2))
 
     def train(self, run: Run, extra=()) -> None:
         self.progress(f"[{run.label}] training")

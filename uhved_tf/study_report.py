@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from uhved_tf.io.atomic import atomic_write_csv, atomic_write_text
+
 REGIONS = ("whole", "core", "enhancing")
 SHORT = {"whole": "WT", "core": "TC", "enhancing": "ET"}
 
@@ -124,7 +126,7 @@ def write_report(study, name: str, reference: str | None, title: str) -> Path:
             missing.append(run.label)
     report = out / f"{name}.md"
     if not rows:
-        report.write_text(f"# {title}\n\nNo run has been evaluated yet ({', '.join(missing)}).\n")
+        atomic_write_text(report, f"# {title}\n\nNo run has been evaluated yet ({', '.join(missing)}).\n")
         return report
     labels = list(rows)
     modalities = modality_order(next(iter(rows.values())))
@@ -261,17 +263,12 @@ def write_report(study, name: str, reference: str | None, title: str) -> Path:
         lines += [f"![validation Dice against iterations]({name}_curves.png)", ""]
     _plot_sizes(sizes, ks, out / f"{name}_dice_by_modalities.png")
     lines += [f"![Dice by number of modalities]({name}_dice_by_modalities.png)", ""]
-    report.write_text("\n".join(lines))
-
-    with open(out / f"{name}.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["run", "subset", "region", "dice", "n", "p_value_vs_reference", "better_than_reference"])
-        for label in labels:
-            for s in subsets + ["Mean"]:
-                for reg in REGIONS:
-                    e = tests.get((label, s, reg), {})
-                    w.writerow([label, s, reg, means[label].get(s, {}).get(reg, ""), means[label].get(s, {}).get("n", ""),
-                                e.get("p_value", ""), e.get("better", "")])
+    atomic_write_text(report, "\n".join(lines))
+    atomic_write_csv(out / f"{name}.csv",
+                     ["run", "subset", "region", "dice", "n", "p_value_vs_reference", "better_than_reference"],
+                     [[label, s, reg, means[label].get(s, {}).get(reg, ""), means[label].get(s, {}).get("n", ""),
+                       tests.get((label, s, reg), {}).get("p_value", ""), tests.get((label, s, reg), {}).get("better", "")]
+                      for label in labels for s in subsets + ["Mean"] for reg in REGIONS])
     return report
 
 

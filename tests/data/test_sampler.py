@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from uhved_tf.data.sampler import make_training_dataset
 

@@ -11,7 +11,7 @@ what ``kill -9`` does) on the N-th occurrence, in this process, of POINT:
                      their size (a write torn by a crash), before the state file names ckpt-K.
 ``during_sweep``     the state file names ckpt-K and the oldest checkpoint is half deleted
                      (``max_checkpoints`` reached).
-``metadata``         ``metadata.json`` is half written (at the start of a run).
+``metadata``         ``metadata.json`` is being written (its temporary file half written).
 
 Used by test_kill_resume.py; not a test module itself.
 """
@@ -39,16 +39,19 @@ def install(point: str, nth: int) -> None:
         return seen["n"] == nth
 
     if point == "metadata":
-        import pathlib
-        real_write_text = pathlib.Path.write_text
+        # Killed while metadata.json is being written: the temporary sibling holds half the text
+        # and has not replaced the real file yet (uhved_tf.io.atomic, the one atomic writer).
+        from uhved_tf.io import atomic
+        real_replace = atomic.os.replace
 
-        def write_text(self, data, *args, **kwargs):
-            if "metadata.json" in self.name and due():
-                real_write_text(self, data[: len(data) // 2], *args, **kwargs)
+        def replace(src, dst, *args, **kwargs):
+            if os.path.basename(str(dst)) == "metadata.json" and due():
+                with open(src, "r+b") as f:
+                    f.truncate(os.path.getsize(src) // 2)
                 _die()
-            return real_write_text(self, data, *args, **kwargs)
+            return real_replace(src, dst, *args, **kwargs)
 
-        pathlib.Path.write_text = write_text
+        atomic.os.replace = replace
         return
 
     from tensorflow.python.checkpoint import checkpoint_management

@@ -47,6 +47,7 @@ from uhved_tf.config.schema import (
     SystemConfig,
     TrainingConfig,
 )
+from uhved_tf.io.atomic import atomic_write_text
 from uhved_tf.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -160,8 +161,7 @@ class Config:
         folder = Path(model_dir) if model_dir is not None else Path(self.system.model_dir)
         target = folder / RESOLVED_CONFIG_NAME
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            target.write_text(self.to_ini(), encoding="utf-8")
+            atomic_write_text(target, self.to_ini())
         except OSError as exc:
             raise ConfigError(f"cannot write the resolved config to {target}: {exc.strerror or exc}") from None
         logger.info("resolved config written to %s", target)

@@ -19,12 +19,12 @@ A :class:`Kind` turns one raw INI string into a typed value (``parse``) and back
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from uhved_tf.errors import close_matches
 
 __all__ = [
     "FIXED_SECTIONS",
@@ -60,16 +60,8 @@ _QUOTES = ("'", '"')
 
 
 # --------------------------------------------------------------------------------------------
-# Suggestions ("did you mean ...?")
+# Suggestions ("did you mean ...?"): uhved_tf.errors.close_matches
 # --------------------------------------------------------------------------------------------
-
-def close_matches(word: str, candidates: Sequence[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
-    """Candidates close to ``word`` (case-insensitive, difflib ratio), best first, original spelling."""
-    by_lower: dict[str, str] = {}
-    for c in candidates:
-        by_lower.setdefault(c.lower(), c)
-    return [by_lower[m] for m in difflib.get_close_matches(word.lower(), list(by_lower), n=n, cutoff=cutoff)]
-
 
 #: Common names for keys, used only to suggest the real key (never accepted as keys).
 KEY_ALIASES = {

@@ -53,14 +53,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from uhved_tf.errors import DataError
+from uhved_tf.io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +272,7 @@ def _format_number(value: float) -> str:
 
 
 def write_landmarks(path, landmarks_by_modality: dict[str, np.ndarray]) -> None:
-    """Write NiftyNet's reference file atomically (temporary file in the same folder + os.replace).
+    """Write NiftyNet's reference file atomically (:func:`uhved_tf.io.atomic.atomic_write_text`).
 
     One line per modality in dict order: ``<name> <13 numbers>``.
     """
@@ -287,20 +286,7 @@ def write_landmarks(path, landmarks_by_modality: dict[str, np.ndarray]) -> None:
         if arr.size != N_LANDMARKS or not np.all(np.isfinite(arr)):
             raise ValueError(f"{name}: expected {N_LANDMARKS} finite landmarks, got {arr.tolist()}")
         lines.append(" ".join([name, *(_format_number(x) for x in arr)]) + "\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, "".join(lines), fsync=True)
     log.info("wrote histogram landmarks of %s to %s", ", ".join(map(str, landmarks_by_modality)), path)
 
 

@@ -31,7 +31,6 @@ import math
 from collections import OrderedDict
 from typing import Callable
 
-import numpy as np
 import tensorflow as tf
 
 from uhved_tf.data.augmentation import augment_crop

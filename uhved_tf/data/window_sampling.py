@@ -26,10 +26,10 @@ index lists or whole-volume cumulative sums are built (tens of ms on 2 CPU cores
 
 from __future__ import annotations
 
-import difflib
 from typing import Sequence
 
 import tensorflow as tf
+from uhved_tf.errors import did_you_mean
 
 SAMPLERS = ("uniform", "balanced", "weighted")
 
@@ -170,8 +170,7 @@ def check_sampler(sampling: str) -> str:
     """``sampling`` if known, else a ValueError that suggests the closest name and lists them all."""
     if sampling in SAMPLERS:
         return sampling
-    close = difflib.get_close_matches(str(sampling), SAMPLERS, n=1)
-    hint = f'; did you mean "{close[0]}"?' if close else ""
+    hint = did_you_mean(sampling, SAMPLERS)
     raise ValueError(f'Unknown window sampler "{sampling}"{hint} Expected one of {", ".join(SAMPLERS)}.')
 
 

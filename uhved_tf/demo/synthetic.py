@@ -42,6 +42,7 @@ import numpy as np
 from scipy import ndimage
 
 from uhved_tf.errors import ConfigError, DataError
+from uhved_tf.io.atomic import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -438,9 +439,7 @@ def _read_manifest(path: Path) -> Optional[dict]:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _subject_dir(out: Path, subject_id: str) -> Path:
@@ -470,11 +469,10 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, spacing, path: Path) -> N
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     hdr["descrip"] = b"uhved_tf synthetic demo"
-    # Temporary name keeps the .nii.gz extension (nibabel picks the format from it) but does
+    # The temporary name keeps the .nii.gz extension (nibabel picks the format from it) and does
     # not match the BraTS patterns, so a crash never leaves a half-written file under a real name.
-    tmp = path.with_name(f".{path.name[: -len('.nii.gz')]}.tmp.nii.gz")
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
 
 
 def make_demo_dataset(

@@ -28,7 +28,6 @@ Test details (:func:`compare`)
 from __future__ import annotations
 
 import csv
-import difflib
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,7 +36,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from uhved_tf.errors import DataError
+from uhved_tf.errors import DataError, did_you_mean
+from uhved_tf.io.atomic import atomic_write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +133,7 @@ def _direction(metric: str, higher_is_better: bool | None) -> bool:
         return bool(higher_is_better)
     if metric in HIGHER_IS_BETTER:
         return HIGHER_IS_BETTER[metric]
-    close = difflib.get_close_matches(metric, list(HIGHER_IS_BETTER), n=1)
-    hint = f'; did you mean "{close[0]}"?' if close else "."
+    hint = did_you_mean(metric, HIGHER_IS_BETTER) or "."
     raise ValueError(
         f'Unknown metric "{metric}"{hint} Known: {", ".join(HIGHER_IS_BETTER)} '
         "(or pass higher_is_better=True/False)."
@@ -345,10 +344,5 @@ def compare_markdown(
 
 def compare_csv(result: Sequence[Mapping], path) -> None:
     """Write the :func:`compare` entries to ``path`` (columns :data:`RESULT_FIELDS`; None -> empty cell)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(RESULT_FIELDS), extrasaction="ignore")
-        w.writeheader()
-        for e in result:
-            w.writerow({k: ("" if e.get(k) is None else e.get(k)) for k in RESULT_FIELDS})
+    atomic_write_csv(path, list(RESULT_FIELDS),
+                     [["" if e.get(k) is None else e.get(k) for k in RESULT_FIELDS] for e in result])

@@ -17,12 +17,12 @@ pixels (no tight bounding box), see :func:`figure_size_pixels`.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from uhved_tf.errors import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ def figure_size_pixels(n_rows: int, n_cols: int, panel_inches: float = 2.0, dpi:
 
 def _check_name(name: str, valid: Sequence[str], what: str) -> None:
     if name not in valid:
-        close = difflib.get_close_matches(str(name), list(valid), n=1)
-        hint = f'; did you mean "{close[0]}"?' if close else "."
+        hint = did_you_mean(name, valid) or "."
         raise ValueError(f'Unknown {what} "{name}"{hint} Valid: {", ".join(valid)}.')
 
 

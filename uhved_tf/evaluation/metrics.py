@@ -37,12 +37,12 @@ HD95 definition (the choice matters: papers disagree by several mm)
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
+from uhved_tf.errors import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +124,7 @@ def region_mask(
     """
     if region not in label_values:
         valid = ", ".join(f'"{k}"' for k in label_values)
-        close = difflib.get_close_matches(str(region), list(label_values), n=1)
-        hint = f'; did you mean "{close[0]}"?' if close else "."
+        hint = did_you_mean(region, label_values) or "."
         raise ValueError(f'Unknown region "{region}"{hint} Valid regions: {valid}.')
     return np.isin(np.asarray(labels), np.asarray(tuple(label_values[region])))
 

@@ -6,7 +6,6 @@ Table 1) and a JSON summary.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from uhved_tf.data import preprocessing as pp
+from uhved_tf.io.atomic import atomic_write_csv, atomic_write_text
 from uhved_tf.errors import DataError
 from uhved_tf.evaluation.metrics import evaluate_case
 from uhved_tf.evaluation.synthesis import synthesis_scores, synthesis_table_markdown
@@ -95,7 +95,7 @@ def evaluate_subjects(app, subsets, phase="Inference", out_dir=None, progress=Tr
     models = [{"model_dir": str(a.model_dir), "subsets": ["+".join(s) for s in group],
                **{k: v for k, v in (getattr(a, "loaded_checkpoint", None) or {}).items() if k != "path"}}
               for a, _, group in groups]
-    (out_dir / "models.json").write_text(json.dumps(models, indent=2) + "\n")
+    atomic_write_text(out_dir / "models.json", json.dumps(models, indent=2) + "\n")
     return {"rows": rows, "summary": summary, "out_dir": str(out_dir)}
 
 
@@ -111,21 +111,17 @@ def summarise(rows, subsets) -> dict:
 
 
 def write_reports(rows, summary, subsets, modalities, out_dir: Path) -> None:
+    """Every report file written atomically (an interrupted run never leaves half a table)."""
     if rows:
-        with open(out_dir / "per_case.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    with open(out_dir / "per_subset.csv", "w", newline="") as f:
-        keys = sorted({k for v in summary.values() for k in v})
-        w = csv.writer(f)
-        w.writerow(["subset", *keys])
-        for name, vals in summary.items():
-            w.writerow([name, *[vals.get(k, "") for k in keys]])
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "table.md").write_text(markdown_table(summary, subsets, modalities))
+        fields = list(rows[0])
+        atomic_write_csv(out_dir / "per_case.csv", fields, [[r.get(k, "") for k in fields] for r in rows])
+    keys = sorted({k for v in summary.values() for k in v})
+    atomic_write_csv(out_dir / "per_subset.csv", ["subset", *keys],
+                     [[name, *[vals.get(k, "") for k in keys]] for name, vals in summary.items()])
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out_dir / "table.md", markdown_table(summary, subsets, modalities))
     if any(k.startswith("psnr_") for v in summary.values() for k in v):
-        (out_dir / "synthesis.md").write_text(synthesis_table_markdown(summary, subsets, modalities))
+        atomic_write_text(out_dir / "synthesis.md", synthesis_table_markdown(summary, subsets, modalities))
 
 
 def markdown_table(summary, subsets, modalities) -> str:

@@ -26,7 +26,6 @@ import logging
 import os
 import re
 import unicodedata
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from uhved_tf.errors import DataError
+from uhved_tf.io.atomic import atomic_write_text
 from uhved_tf.io.nifti import NIFTI_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -323,14 +323,7 @@ def find_subjects(specs: Sequence[InputSpec], required: Sequence[str], optional:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def _read_split(split_file: Path, subject_ids: list[str]) -> dict[str, str]:

@@ -36,7 +36,6 @@ import logging
 import math
 import os
 import struct
-import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from nibabel.wrapstruct import WrapStructError
 from scipy import ndimage
 
 from uhved_tf.errors import DataError
+from uhved_tf.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -458,19 +458,9 @@ def save_like(
         raise DataError(f"{path}: output already exists; pass --overwrite to replace it")
     img = image_like(array, geom, dtype=dtype, interp_order=interp_order)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = next(s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s))
     # A hidden sibling with the same suffix (nibabel picks gzip from it); created by nib.save so it
     # gets the usual umask permissions (mkstemp would make it 0600).
-    tmp_name = path.parent / f".{path.name[: -len(suffix)]}.{uuid.uuid4().hex[:12]}.tmp{suffix}"
-    try:
+    with atomic_path(path) as tmp_name:
         nib.save(img, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
     logger.debug("wrote %s", path)
     return path

@@ -8,10 +8,9 @@ package (``extensions.my_net.MyNet``); the class must subclass :class:`BaseNetwo
 
 from __future__ import annotations
 
-import difflib
 import importlib
 
-from uhved_tf.errors import ConfigError
+from uhved_tf.errors import ConfigError, did_you_mean
 from uhved_tf.model.base import BaseNetwork
 
 _REGISTRY: dict[str, type] = {}
@@ -40,10 +39,9 @@ def get_network_class(name: str) -> type:
         return _REGISTRY[key]
     if "." in name and name.split(".")[0] in EXTENSION_PACKAGES:
         return _load_extension(name.strip())
-    close = difflib.get_close_matches(key, list(_REGISTRY) + list(_ALIASES), n=1)
-    hint = f' Did you mean "{close[0]}"?' if close else ""
+    hint = did_you_mean(key, list(_REGISTRY) + list(_ALIASES))
     raise ConfigError(
-        f'[NETWORK] name = "{name}": unknown network.{hint} Registered: {", ".join(sorted(_REGISTRY))}; '
+        f'[NETWORK] name = "{name}": unknown network{hint}. Registered: {", ".join(sorted(_REGISTRY))}; '
         f"or a class in the extensions package, e.g. extensions.my_net.MyNet")
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from uhved_tf.config.schema import close_matches
+from uhved_tf.errors import close_matches
 from uhved_tf.errors import ConfigError
 from uhved_tf.model.base import BaseNetwork
 from uhved_tf.model.decoders import UNetDecoder

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from uhved_tf.io.atomic import atomic_path
 from uhved_tf.losses import LossForms, LossWeights, total_loss
 from uhved_tf.training.checkpoint import BEST_DIR, ROLLING_DIR, model_checkpoint
 from uhved_tf.training.optimizer import FusedOptimizer
@@ -271,10 +272,8 @@ def _truncate_csv_after(path: Path, iteration: int, field: str | None = None) ->
         rows = list(reader)
     keep = [r for r in rows if r.get("iteration", "").isdigit() and int(r["iteration"]) <= iteration]
     if len(keep) != len(rows):
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fieldnames)
             w.writeheader()
             w.writerows(keep)
-        tmp.replace(path)
     return [float(r[field]) for r in keep] if field else []
