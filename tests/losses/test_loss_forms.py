@@ -174,7 +174,8 @@ def test_total_loss_uses_the_chosen_forms(rng):
                "posterior_loc": [loc], "posterior_logvar": [logvar], "expert_loc": [mu], "expert_logvar": [lv]}
     batch = {"label": labels, "modality_mask": mask}
     reg = [tf.constant(1.0), tf.constant(3.0)]
-    _, orig = total_loss(outputs, batch, K, LossWeights(), reg, LossForms())
+    _, orig = total_loss(outputs, batch, K, LossWeights(), reg,
+                         LossForms(kl="original", dice="squared", decay_reduction="mean"))
     _, paper = total_loss(outputs, batch, K, LossWeights(), reg,
                           LossForms(kl="paper", dice="plain", decay_reduction="sum"))
     assert float(orig["dice"]) == pytest.approx(np_dice(outputs["seg_logits"], labels, "squared"), rel=1e-5)

@@ -722,11 +722,11 @@ TRAINING_KEYS: tuple[Key, ...] = (
     K("loss_weight_ce", Float(lo=0), 1.0, "Weight of the cross-entropy loss of the segmentation"),
     K("loss_weight_recon", Float(lo=0), 0.1, "Weight of the L2 reconstruction loss of the modalities"),
     K("loss_weight_kl", Float(lo=0), 0.1, "Weight of the KL divergence of the latent posteriors"),
-    K("kl", Choice("original", "paper"), "original",
+    K("kl", Choice("original", "paper"), "paper",
       "Form of the KL term: original (the original code's: KL of all 15 subsets' posteriors to N(0, I) / 15 "
       "+ KL of the drawn subset's to each other subset's / 14) or paper (KL of the drawn subset's posterior "
       "to N(0, I) only); docs/losses.md"),
-    K("dice", Choice("squared", "plain"), "squared",
+    K("dice", Choice("squared", "plain"), "plain",
       "Form of the soft Dice loss: squared (NiftyNet's: sum p^2 + sum y in the denominator) or plain "
       "(sum p + sum y); docs/losses.md"),
     K("subset_policy", Choice("uniform_size", "uniform_subset", "prior"), "uniform_size",

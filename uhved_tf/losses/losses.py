@@ -64,8 +64,8 @@ class LossWeights:
 @dataclass(frozen=True)
 class LossForms:
     """Which form of the Dice, KL and weight-decay terms (module docstring)."""
-    kl: str = "original"
-    dice: str = "squared"
+    kl: str = "paper"
+    dice: str = "plain"
     decay_reduction: str = "mean"
 
     def __post_init__(self):
