@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.test_end_to_end import TINY_INI, run_cli
+from tests.helpers import TINY_INI, run_cli
 from uhved_tf.errors import ConfigError, UhvedError
 
 pytestmark = pytest.mark.slow

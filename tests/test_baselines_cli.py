@@ -12,7 +12,7 @@ import csv
 
 import pytest
 
-from tests.test_end_to_end import TINY_INI, run_cli
+from tests.helpers import TINY_INI, run_cli
 
 pytestmark = pytest.mark.slow
 

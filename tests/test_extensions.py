@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_end_to_end import TINY_INI, run_cli
+from tests.helpers import TINY_INI, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import csv
 import numpy as np
 import pytest
 
-from tests.test_end_to_end import TINY_INI, run_cli
+from tests.helpers import TINY_INI, run_cli
 from uhved_tf.errors import ConfigError
 
 pytestmark = pytest.mark.slow

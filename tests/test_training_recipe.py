@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.test_end_to_end import TINY_INI, run_cli
+from tests.helpers import TINY_INI, run_cli
 
 pytestmark = pytest.mark.slow
 

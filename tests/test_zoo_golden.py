@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.test_end_to_end import run_cli
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from scipy.stats import chisquare
 from uhved_tf.data.subsets import (POLICIES, SubsetSampler, all_subsets, policy_probabilities,
                                    subset_masks, subset_name)
 
-pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors (STYLE.md 13)
+pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors
 
 M = 4
 SUBSETS = all_subsets(M)

@@ -1,4 +1,4 @@
-"""SavedModel export round trip (STYLE.md point 12): a tiny model trained for one iteration is
+"""SavedModel export round trip: a tiny model trained for one iteration is
 exported, loaded in a FRESH process with ``tf.saved_model.load``, and both signatures are compared
 with the live model's Python inference path (``WindowPredictor`` / ``predict_volume``) for
 several subsets and batch sizes, with the posterior mean (samples 0) and with posterior samples

@@ -8,7 +8,7 @@ import tensorflow as tf
 from uhved_tf.losses import (LossForms, LossWeights, cross_entropy_loss, kl_loss, reconstruction_loss,
                              soft_dice_loss, total_loss)
 
-pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors (STYLE.md 13)
+pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors
 
 K = 4
 SHAPE = (2, 4, 5, 3)  # [B, D, H, W]

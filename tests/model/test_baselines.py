@@ -38,7 +38,7 @@ from uhved_tf.model.single import MissingModalityError, Single
 from uhved_tf.model.u_hemis import UHeMIS
 from uhved_tf.training.trainer import TrainSettings, Trainer
 
-pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors (STYLE.md 13)
+pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors
 
 REPO = Path(__file__).resolve().parents[2]
 M = len(MODALITIES)

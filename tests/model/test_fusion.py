@@ -20,7 +20,7 @@ from tests.conftest import MODALITIES
 from uhved_tf.data.subsets import all_subsets
 from uhved_tf.model.fusion import kl_to_prior, product_of_gaussians
 
-pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors (STYLE.md 13)
+pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors
 
 M = len(MODALITIES)
 SUBSETS = all_subsets(M)

@@ -13,7 +13,7 @@ from uhved_tf.model.base import BaseNetwork
 from uhved_tf.model.registry import get_network_class, register_network, registered_names
 from uhved_tf.model.uhved import UHVED
 
-pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors (STYLE.md 13)
+pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors
 
 EXTENSION_MODULE = "uhved_test_tmp_nets"
 

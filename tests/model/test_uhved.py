@@ -20,7 +20,7 @@ from uhved_tf.model.decoders import UNetDecoder
 from uhved_tf.model.encoders import ModalityEncoder
 from uhved_tf.model.uhved import UHVED
 
-pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors (STYLE.md 13)
+pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors
 
 M = len(MODALITIES)
 K = 3            # classes

@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tests.test_end_to_end import TINY_INI as E2E_TINY_INI
+from tests.helpers import TINY_INI as E2E_TINY_INI
 
 REPO = Path(__file__).resolve().parents[2]
 MODALITY_SUFFIXES = {"T1": "_t1", "T1c": "_t1ce", "T2": "_t2", "Flair": "_flair", "label": "_seg"}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.test_end_to_end import TINY_INI
+from tests.helpers import TINY_INI
 
 pytestmark = pytest.mark.slow
 

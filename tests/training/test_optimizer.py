@@ -21,7 +21,7 @@ import tensorflow as tf
 from uhved_tf.errors import ConfigError
 from uhved_tf.training.optimizer import SUPPORTED, FusedOptimizer
 
-pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors (STYLE.md 13)
+pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors
 
 LR = 0.05
 STEPS = 6

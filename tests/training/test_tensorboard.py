@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_end_to_end import TINY_INI
+from tests.helpers import TINY_INI
 
 pytestmark = pytest.mark.slow
 
