@@ -19,7 +19,7 @@ reproducible and a resumed run sees exactly the batches an uninterrupted run wou
 Iteration i consumes windows [i*B, (i+1)*B), which lie in block (i*B) // windows_per_block, so
 resuming only re-reads one block.
 
-A batch is the dict of DESIGN.md: ``image`` [B, D, H, W, M] float32, ``label`` [B, D, H, W] int32,
+A batch is a dict: ``image`` [B, D, H, W, M] float32, ``label`` [B, D, H, W] int32,
 ``modality_mask`` [B, M] float32 (the drawn subset), ``data_mask`` [B, M] float32 (what the
 subject's data has: the reconstruction loss uses it).
 """
