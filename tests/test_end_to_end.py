@@ -116,6 +116,28 @@ def test_evaluate_prints_dice_per_subset(trained, tmp_path):
     assert all(r["significant"] in ("False", "0", "false") for r in csv.DictReader(open(tmp_path / "cmp" / "compare.csv")))
 
 
+def test_inference_of_several_subsets_writes_one_folder_each(trained, tmp_path):
+    root, cfg, data = trained
+    t1c = next(data.rglob("*_t1ce.nii.gz"))
+    files = {m: t1c.with_name(t1c.name.replace("_t1ce", s)) for m, s in
+             (("t1", "_t1"), ("t1c", "_t1ce"), ("t2", "_t2"), ("flair", "_flair"))}
+    flags = [a for m, f in files.items() for a in (f"--{m}", f)]
+    sid = t1c.name[: -len("_t1ce.nii.gz")]
+    run_cli("inference", "-c", cfg, *flags, "--modalities", "all", "-o", tmp_path / "all", "-q")
+    folders = sorted(p.name for p in (tmp_path / "all").iterdir())
+    assert len(folders) == 15 and "T1c+Flair" in folders and "T1+T1c+T2+Flair" in folders
+    assert all((tmp_path / "all" / f / f"{sid}_seg.nii.gz").exists() for f in folders)
+    run_cli("inference", "-c", cfg, *flags, "--modalities", "T1c,Flair;T2", "-o", tmp_path / "two", "-q")
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["T1c+Flair", "T2"]
+    # An empty subset is refused (it used to run with all four modalities).
+    proc = run_cli("inference", "-c", cfg, *flags, "--modalities", "", "-o", tmp_path / "none", check=False)
+    assert proc.returncode == 2 and "no modality subset" in proc.stderr and not (tmp_path / "none").exists()
+    # A subset naming a modality whose file was not given.
+    proc = run_cli("inference", "-c", cfg, "--t1c", files["t1c"], "--modalities", "T1c;T2", "-o", tmp_path / "x",
+                   check=False)
+    assert proc.returncode == 2 and "T2" in proc.stderr
+
+
 def test_evaluate_chooses_the_checkpoint(trained, tmp_path):
     root, cfg, _ = trained
     run_cli("evaluate", "-c", cfg, "--subsets", "full", "-o", tmp_path / "ev1", "-q", "--checkpoint", "1")

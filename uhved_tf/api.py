@@ -24,19 +24,14 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from uhved_tf.errors import ConfigError, DataError
+from uhved_tf.errors import DataError
+from uhved_tf.subset import modality_for
 
 __all__ = ["Predictor", "Trainer"]
 
 
 def _modality_for(key: str, modalities: Sequence[str]) -> str:
-    wanted = key.strip().lower()
-    aliases = {"t1ce": "t1c", "t1gd": "t1c", "fl": "flair"}
-    wanted = aliases.get(wanted, wanted)
-    for m in modalities:
-        if aliases.get(m.lower(), m.lower()) == wanted:
-            return m
-    raise ConfigError(f'input "{key}": not a modality of this model (modalities: {", ".join(modalities)})')
+    return modality_for(key, modalities, what="input")
 
 
 class Predictor:

@@ -21,8 +21,8 @@ from uhved_tf import __version__
 from uhved_tf.config import Config
 from uhved_tf.data.cases import Case, PreprocessSettings, load_case
 from uhved_tf.data import preprocessing as pp
-from uhved_tf.data.subsets import all_subsets
 from uhved_tf.errors import ConfigError, DataError, UhvedError
+from uhved_tf.subset import Subset
 from uhved_tf.io.atomic import atomic_write_text, temporary_sibling
 from uhved_tf.io.discovery import InputSpec, find_subjects, load_or_create_split, subjects_in
 
@@ -31,38 +31,6 @@ log = logging.getLogger(__name__)
 METADATA_NAME = "metadata.json"
 # Settings that must not change between training and inference / resuming.
 _MODEL_KEYS = ("network", "modalities", "label_values", "num_classes", "base_width", "levels")
-
-
-def parse_subsets(text: str, modalities) -> list[tuple[str, ...]]:
-    """Subsets separated by ";", each ``"all"`` (the 15 subsets), ``"full"``, ``"singles"`` or a
-    comma list such as ``"T1c,Flair"``; e.g. ``"full;singles"`` or ``"T1c,Flair;T2"``."""
-    lookup = {m.lower(): m for m in modalities}
-    aliases = {"t1ce": "t1c", "fl": "flair"}
-    keywords = {
-        "all": [tuple(modalities[i] for i in s) for s in all_subsets(len(modalities))],
-        "full": [tuple(modalities)],
-        "singles": [(m,) for m in modalities],
-    }
-    out: list[tuple[str, ...]] = []
-    for part in (text or "").split(";"):
-        names = [p.strip() for p in part.split(",") if p.strip()]
-        if not names:
-            continue
-        if len(names) == 1 and names[0].lower() in keywords:
-            found = keywords[names[0].lower()]
-        else:
-            subset = []
-            for n in names:
-                key = aliases.get(n.lower(), n.lower())
-                if key not in lookup:
-                    raise ConfigError(f'unknown modality "{n}" in subset "{part.strip()}"; expected names from '
-                                      f"{', '.join(modalities)} (or all / full / singles)")
-                subset.append(lookup[key])
-            found = [tuple(m for m in modalities if m in subset)]
-        out.extend(s for s in found if s not in out)
-    if not out:
-        raise ConfigError(f'no modality subset in "{text}"; e.g. "T1c,Flair;T2" or "all"')
-    return out
 
 
 class Application:
@@ -327,9 +295,9 @@ class Application:
         if t.early_stopping_mode not in EarlyStopping.SUPPORTED:
             raise ConfigError(f"[TRAINING] early_stopping_mode = {t.early_stopping_mode}: supported are "
                               f"{', '.join(EarlyStopping.SUPPORTED)}")
-        subsets = parse_subsets(t.validation_subsets, self.cfg.modalities)
+        subsets = Subset.parse(t.validation_subsets, self.cfg.modalities)
         log.info("validating on %d subjects every %d iterations, subsets %s", len(chosen), t.validation_every_n,
-                 ", ".join("+".join(s) for s in subsets))
+                 ", ".join(s.name for s in subsets))
         return Validator(self, chosen, subsets), EarlyStopping(t.patience, t.early_stopping_mode)
 
     # --- inference ---------------------------------------------------------------------------
@@ -457,11 +425,12 @@ class Application:
                 results = self.predict_case(model, case, subsets,
                                             progress=_window_progress(case.id) if progress else None)
                 for subset, res in zip(subsets, results):
-                    target = out_dir if len(subsets) == 1 else out_dir / "+".join(subset)
+                    subset = Subset(subset, self.cfg.modalities)
+                    target = out_dir if len(subsets) == 1 else out_dir / subset.name
                     self.write_outputs(case, res, target, overwrite=overwrite)
                     vols = _volumes(res, case, self.cfg.task.label_values)
                     log.info("%s [%s] %.1f s: whole %.1f mL, core %.1f mL, enhancing %.1f mL", case.id,
-                             "+".join(subset), time.perf_counter() - t0, vols["whole"], vols["core"],
+                             subset.name, time.perf_counter() - t0, vols["whole"], vols["core"],
                              vols["enhancing"])
             except UhvedError as exc:
                 if not keep_going:

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="NAME|PATH",
                    help="a trained model directory or a zoo entry (`uhved_tf zoo list`), used with its own "
                         "resolved config instead of -c")
-    p.add_argument("--modalities", help="modalities given to the model, e.g. T1c,Flair (default: config)")
+    p.add_argument("--modalities", help='modalities given to the model, e.g. T1c,Flair; several subsets '
+                   '("T1c,Flair;T2", all, singles) each write into OUTDIR/<subset>/ (default: config)')
     p.add_argument("-o", "--output", help="output folder (default: [INFERENCE] save_seg_dir)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--dataset", choices=["inference", "validation", "training", "all"], default=None,
@@ -182,22 +183,26 @@ def _cmd_train(args, cfg) -> int:
 
 
 def _cmd_inference(args, cfg) -> int:
-    from uhved_tf.application import Application, parse_subsets
+    from uhved_tf.application import Application
     from uhved_tf.errors import UhvedError
     from uhved_tf.io.discovery import Subject, safe_subject_id, subject_id_for_file, subjects_in
+    from uhved_tf.subset import Subset, files_from_flags
 
     app = Application(cfg)
-    modalities = parse_subsets(args.modalities, cfg.modalities)[0] if args.modalities else cfg.inference_modalities
+    given = files_from_flags({m: getattr(args, m, None) for m in ("t1", "t1c", "t2", "flair")}, cfg.modalities)
+    if args.modalities is not None:
+        # Several subsets ("T1c,Flair;T2", all, singles): encoded once, each into its own folder.
+        subsets = Subset.parse(args.modalities, cfg.modalities)
+    elif given:
+        subsets = [Subset(given, cfg.modalities)]
+    else:
+        subsets = [Subset(cfg.inference_modalities, cfg.modalities)]
     out_dir = Path(args.output) if args.output else Path(cfg.inference.save_seg_dir)
-    flags = {m: getattr(args, m.lower(), None) for m in cfg.modalities}
-    flags.update({m: getattr(args, "t1c") for m in cfg.modalities if m.lower() == "t1ce" and args.t1c})
-    given = {m: Path(p) for m, p in flags.items() if p}
     if given:
-        if not args.modalities:
-            modalities = tuple(m for m in cfg.modalities if m in given)
-        missing_flags = [m for m in modalities if m not in given]
+        missing_flags = sorted({m for s in subsets for m in s if m not in given}, key=cfg.modalities.index)
         if missing_flags:
-            raise UhvedError(f"--modalities names {missing_flags} but no file was given for them")
+            raise UhvedError(f"--modalities {args.modalities} names {', '.join(missing_flags)} but no file was "
+                             f"given for {'it' if len(missing_flags) == 1 else 'them'}")
         first_mod, first = next(iter(given.items()))
         spec = next(s for s in app.input_specs() if s.name == first_mod)
         sid = safe_subject_id(args.subject_id) if args.subject_id else subject_id_for_file(spec, first)
@@ -211,9 +216,10 @@ def _cmd_inference(args, cfg) -> int:
             subjects = [s for s in subjects if s.id in ids]
         if not subjects:
             raise UhvedError(f"no subjects in the {phase} split ({cfg.system.dataset_split_file})")
-    failed = app.run_inference(subjects, [tuple(modalities)], out_dir, overwrite=args.overwrite,
+    failed = app.run_inference(subjects, subsets, out_dir, overwrite=args.overwrite,
                                progress=not args.quiet, keep_going=not given)
-    print(f"wrote outputs for {len(subjects) - len(failed)} of {len(subjects)} cases to {out_dir}")
+    where = out_dir if len(subsets) == 1 else f"{out_dir}/<subset> ({', '.join(s.name for s in subsets)})"
+    print(f"wrote outputs for {len(subjects) - len(failed)} of {len(subjects)} cases to {where}")
     if failed:
         for sid, msg in failed.items():
             print(f"FAILED {sid}: {msg}", file=sys.stderr)
@@ -222,11 +228,12 @@ def _cmd_inference(args, cfg) -> int:
 
 
 def _cmd_evaluate(args, cfg) -> int:
-    from uhved_tf.application import Application, parse_subsets
+    from uhved_tf.application import Application
+    from uhved_tf.subset import Subset
     if args.compare:
         return _compare(args, cfg)
     app = Application(cfg)
-    subsets = parse_subsets(args.subsets, cfg.modalities)
+    subsets = Subset.parse(args.subsets, cfg.modalities)
     report = app.evaluate(subsets, phase=args.dataset.capitalize(),
                           out_dir=Path(args.output) if args.output else None, progress=not args.quiet,
                           figure=args.figure)
@@ -242,7 +249,8 @@ def _compare(args, cfg) -> int:
     rows_a, rows_b = load_per_case(dir_a), load_per_case(dir_b)
     result = compare(rows_a, rows_b)
     order = list(dict.fromkeys(r["subset"] for r in rows_a if r["subset"] in {x["subset"] for x in rows_b}))
-    subsets = [tuple(name.split("+")) for name in order]
+    from uhved_tf.subset import Subset
+    subsets = [Subset.from_name(name, cfg.modalities) for name in order]
     table = compare_markdown(result, subsets, cfg.modalities, dir_a.name or str(dir_a), dir_b.name or str(dir_b))
     out = Path(args.output) if args.output else Path(cfg.evaluation.save_csv_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -255,11 +263,11 @@ def _compare(args, cfg) -> int:
 
 
 def format_summary(summary, modalities, subsets) -> str:
-    width = max(len("+".join(s)) for s in subsets) + 2
+    width = max(len(s.name) for s in subsets) + 2
     lines = [f"{'subset':<{width}} {'cases':>5} {'Dice WT':>8} {'Dice TC':>8} {'Dice ET':>8} {'HD95 WT':>8}"]
     for s in subsets:
-        v = summary["+".join(s)]
-        lines.append(f"{'+'.join(s):<{width}} {v['cases']:>5} {v['dice_whole']:>8.3f} {v['dice_core']:>8.3f} "
+        v = summary[s.name]
+        lines.append(f"{s.name:<{width}} {v['cases']:>5} {v['dice_whole']:>8.3f} {v['dice_core']:>8.3f} "
                      f"{v['dice_enhancing']:>8.3f} {v['hd95_whole']:>8.2f}")
     return "\n".join(lines)
 

@@ -20,7 +20,6 @@ TensorFlow-free (NumPy, SciPy, matplotlib), so a report can be redrawn while tra
 from __future__ import annotations
 
 import csv
-import itertools
 import math
 import os
 import platform
@@ -63,7 +62,8 @@ def modality_order(rows) -> list[str]:
 
 
 def ordered_subsets(modalities) -> list[str]:
-    return ["+".join(c) for k in range(1, len(modalities) + 1) for c in itertools.combinations(modalities, k)]
+    from uhved_tf.subset import all_subsets
+    return [s.name for s in all_subsets(modalities)]
 
 
 def means_by_subset(rows, subsets, metric="dice") -> dict:
@@ -212,7 +212,8 @@ def write_report(study, name: str, reference: str | None, title: str) -> Path:
     lines += ["", "## The paper's patterns", "",
               "| run | Dice rises with the number of modalities (WT / TC / ET) | ET with T1c | ET without T1c |",
               "|---|---|---|---|"]
-    t1c = next((m for m in modalities if m.lower() in ("t1c", "t1ce", "t1gd")), None)
+    from uhved_tf.subset import canonical_modality
+    t1c = next((m for m in modalities if canonical_modality(m) == "t1c"), None)
     for label in labels:
         rises = ["yes" if all(sizes[label][a][r] < sizes[label][b][r] for a, b in zip(ks, ks[1:])) else "no"
                  for r in REGIONS]

@@ -72,12 +72,13 @@ def _config_text(draw):
 
 def _use_config(cfg):
     """What the application derives from a config before touching data."""
-    from uhved_tf.application import Application, parse_subsets
+    from uhved_tf.application import Application
+    from uhved_tf.subset import Subset
     from uhved_tf.model.registry import get_network_class
 
     app = Application(cfg)
     get_network_class(cfg.network.name)
-    parse_subsets(cfg.training.validation_subsets, cfg.modalities)
+    Subset.parse(cfg.training.validation_subsets, cfg.modalities)
     app.input_specs()
     app.inference_window()
     if not cfg.network.normalisation:

@@ -42,7 +42,8 @@ def subset_masks(num_modalities: int) -> np.ndarray:
 
 
 def subset_name(mask, modalities) -> str:
-    return "+".join(m for m, on in zip(modalities, mask) if on)
+    from uhved_tf.subset import Subset
+    return Subset.from_mask(mask, modalities).name
 
 
 def policy_probabilities(policy: str, num_modalities: int, prior=None) -> np.ndarray:

@@ -38,6 +38,7 @@ from scipy import stats
 
 from uhved_tf.errors import DataError, did_you_mean
 from uhved_tf.io.atomic import atomic_write_csv
+from uhved_tf.subset import Subset
 
 logger = logging.getLogger(__name__)
 
@@ -331,7 +332,7 @@ def compare_markdown(
 
     for subset in subsets:
         marks = ["●" if m in subset else "○" for m in modalities]
-        lines.append("| " + " | ".join(marks + cells("+".join(subset))) + " |")
+        lines.append("| " + " | ".join(marks + cells(Subset(subset, modalities).name)) + " |")
     if any(e["subset"] == MEAN_ROW for e in result):
         lines.append("| " + " | ".join([MEAN_ROW] + [""] * (len(modalities) - 1) + cells(MEAN_ROW)) + " |")
     lines.append("")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from uhved_tf.data import preprocessing as pp
+from uhved_tf.subset import Subset
 from uhved_tf.io.atomic import atomic_write_csv, atomic_write_text
 from uhved_tf.errors import DataError
 from uhved_tf.evaluation.metrics import evaluate_case
@@ -42,6 +43,7 @@ def evaluate_subjects(app, subsets, phase="Inference", out_dir=None, progress=Tr
     from uhved_tf.training.progress import Progress
 
     cfg = app.cfg
+    subsets = [Subset(s, cfg.modalities) for s in subsets]
     subjects = app.discover(need_label=True)
     split = app.split(subjects)
     ids = set(subjects_in(split, phase))
@@ -76,7 +78,7 @@ def evaluate_subjects(app, subsets, phase="Inference", out_dir=None, progress=Tr
                                          case.image[..., [cfg.modalities.index(m) for m in present]],
                                          brain, present)
                 scores.update(synth)
-            rows.append({"subject": subject.id, "subset": "+".join(subset), **scores})
+            rows.append({"subject": subject.id, "subset": subset.name, **scores})
             if figure and not figure_rows_done:
                 figure_rows.append((subset, {"synth": res.get("synth", np.zeros(case.image.shape, np.float32)),
                                              "seg": np.asarray(cfg.task.label_values)[classes]}))
@@ -92,7 +94,7 @@ def evaluate_subjects(app, subsets, phase="Inference", out_dir=None, progress=Tr
     summary = summarise(rows, subsets)
     write_reports(rows, summary, subsets, cfg.modalities, out_dir)
     # Which trained weights were scored (checkpoint = latest | best | N).
-    models = [{"model_dir": str(a.model_dir), "subsets": ["+".join(s) for s in group],
+    models = [{"model_dir": str(a.model_dir), "subsets": [s.name for s in group],
                **{k: v for k, v in (getattr(a, "loaded_checkpoint", None) or {}).items() if k != "path"}}
               for a, _, group in groups]
     atomic_write_text(out_dir / "models.json", json.dumps(models, indent=2) + "\n")
@@ -102,7 +104,7 @@ def evaluate_subjects(app, subsets, phase="Inference", out_dir=None, progress=Tr
 def summarise(rows, subsets) -> dict:
     out = {}
     for subset in subsets:
-        name = "+".join(subset)
+        name = subset.name
         sel = [r for r in rows if r["subset"] == name]
         keys = [k for k in sel[0] if k not in ("subject", "subset")] if sel else []
         out[name] = {k: float(np.mean([r[k] for r in sel])) for k in keys}
@@ -130,12 +132,12 @@ def markdown_table(summary, subsets, modalities) -> str:
     sep = "|" + "---|" * (len(modalities) + 4)
     lines = [head, sep]
     for subset in subsets:
-        v = summary["+".join(subset)]
+        v = summary[Subset(subset, modalities).name]
         marks = ["●" if m in subset else "○" for m in modalities]
         lines.append("| " + " | ".join(marks) + f" | {100 * v['dice_whole']:.1f} | {100 * v['dice_core']:.1f} | "
                      f"{100 * v['dice_enhancing']:.1f} | {v['hd95_whole']:.1f} |")
     if len(subsets) > 1:
-        mean = {k: np.mean([summary["+".join(s)][k] for s in subsets])
+        mean = {k: np.mean([summary[Subset(s, modalities).name][k] for s in subsets])
                 for k in ("dice_whole", "dice_core", "dice_enhancing", "hd95_whole")}
         lines.append("| " + " | ".join(["Mean"] + [""] * (len(modalities) - 1)) +
                      f" | {100 * mean['dice_whole']:.1f} | {100 * mean['dice_core']:.1f} | "

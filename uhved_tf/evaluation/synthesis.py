@@ -49,6 +49,8 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from uhved_tf.subset import Subset
 from scipy import ndimage
 
 logger = logging.getLogger(__name__)
@@ -304,7 +306,7 @@ def synthesis_table_markdown(
     which that modality was missing (true synthesis); "–" when it was never missing.
 
     Args:
-        summary: subset name (``"+".join(subset)``) -> mean scores with ``psnr_<m>`` and ``ssim_<m>``
+        summary: subset name (``Subset.name``) -> mean scores with ``psnr_<m>`` and ``ssim_<m>``
             keys (e.g. :func:`uhved_tf.evaluation.report.summarise` of :func:`synthesis_scores` rows).
         subsets: tuples of modality names, one table row each, in order.
         modalities: all modality names (the ●/○ and score columns).
@@ -316,7 +318,7 @@ def synthesis_table_markdown(
     lines = [" | ".join(head) + " |", "|" + "---|" * (len(modalities) * 3)]
     synthesised: dict[str, list[tuple[float, float]]] = {m: [] for m in modalities}
     for subset in subsets:
-        name = "+".join(subset)
+        name = Subset(subset, modalities).name
         if name not in summary:
             raise ValueError(f'summary has no subset "{name}"; it has {sorted(summary)}')
         vals = summary[name]

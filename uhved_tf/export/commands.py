@@ -8,9 +8,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from uhved_tf.errors import UhvedError
 
 MODALITY_FLAGS = ("t1", "t1c", "t2", "flair")
 
@@ -72,15 +70,8 @@ def cmd_client(args, cfg) -> int:
     from uhved_tf.application import Application
     from uhved_tf.export.client import serve_case
 
-    flags = {m: getattr(args, m.lower(), None) for m in cfg.modalities}
-    for m in cfg.modalities:    # BraTS names T1c "t1ce"
-        if m.lower() == "t1ce" and args.t1c:
-            flags[m] = args.t1c
-    given = {m: Path(p) for m, p in flags.items() if p}
-    unknown = [f for f in MODALITY_FLAGS if getattr(args, f) and not any(
-        f == m.lower() or (f == "t1c" and m.lower() == "t1ce") for m in cfg.modalities)]
-    if unknown:
-        raise UhvedError(f"--{unknown[0]} is not a modality of this model ({', '.join(cfg.modalities)})")
+    from uhved_tf.subset import files_from_flags
+    given = files_from_flags({f: getattr(args, f) for f in MODALITY_FLAGS}, cfg.modalities)
     written = serve_case(Application(cfg), given, args.output, server=args.server, model=args.model,
                          version=args.version, protocol=args.protocol, signature=args.signature,
                          subject_id=args.subject_id, metadata=args.metadata, overwrite=args.overwrite,

@@ -38,7 +38,8 @@ def is_single(cfg) -> bool:
 
 def subset_dir_name(subset, modalities) -> str:
     """``("Flair", "T1c")`` -> ``"T1c+Flair"`` (channel order)."""
-    return "+".join(m for m in modalities if m in subset)
+    from uhved_tf.subset import Subset
+    return Subset(subset, modalities).name
 
 
 def subset_model_dir(cfg, subset) -> Path:
@@ -62,9 +63,8 @@ def holds_per_subset_models(cfg) -> bool:
     root = Path(cfg.system.model_dir)
     if not root.is_dir() or (root / METADATA_NAME).exists() or not is_single(cfg):
         return False
-    from uhved_tf.data.subsets import all_subsets
-    return any((root / "+".join(cfg.modalities[i] for i in s) / METADATA_NAME).exists()
-               for s in all_subsets(len(cfg.modalities)))
+    from uhved_tf.subset import all_subsets
+    return any((root / s.name / METADATA_NAME).exists() for s in all_subsets(cfg.modalities))
 
 
 def check_subset_model(cfg, subset) -> None:
@@ -80,13 +80,14 @@ def train_all_subsets(cfg, subsets=None, resume: bool = False, overwrite: bool =
 
     Returns ``{subset name: final loss terms}`` (empty terms for a run that had nothing left
     to train). Raises :class:`UhvedError` for a network that is not Single."""
-    from uhved_tf.application import Application, parse_subsets
+    from uhved_tf.application import Application
+    from uhved_tf.subset import Subset
 
     if not is_single(cfg):
         raise UhvedError(f"--all-subsets trains the Single baseline, one network per subset; [NETWORK] name = "
                          f"{cfg.network.name} is hetero-modal (one network for all subsets): use "
                          f"[NETWORK] name = single (e.g. config/single.ini) or drop --all-subsets")
-    subsets = list(subsets) if subsets else parse_subsets("all", cfg.modalities)
+    subsets = list(subsets) if subsets else Subset.parse("all", cfg.modalities)
     if cfg.network.subset:
         log.info("--all-subsets: ignoring [NETWORK] subset = %s", ", ".join(cfg.network.subset))
     out = {}
@@ -102,12 +103,12 @@ def train_all_subsets(cfg, subsets=None, resume: bool = False, overwrite: bool =
 
 def train_all_subsets_cli(args, cfg) -> int:
     """``uhved_tf train --all-subsets [--subsets S] [--resume] [--overwrite]``."""
-    from uhved_tf.application import parse_subsets
+    from uhved_tf.subset import Subset
 
     if not args.all_subsets:
         raise UhvedError("--subsets only goes with --all-subsets (a single network trains on its config's "
                          "[NETWORK] subset)")
-    subsets = parse_subsets(args.subsets, cfg.modalities) if args.subsets else None
+    subsets = Subset.parse(args.subsets, cfg.modalities) if args.subsets else None
     results = train_all_subsets(cfg, subsets, resume=args.resume, overwrite=args.overwrite,
                                 progress=not args.quiet)
     for name, terms in results.items():

@@ -100,8 +100,9 @@ class Trainer:
     best_score = None
 
     def _subset_names(self, masks) -> list[str]:
+        from uhved_tf.subset import Subset
         names = getattr(self.model, "modalities", None) or [f"m{i}" for i in range(masks.shape[-1])]
-        return ["+".join(n for n, on in zip(names, row) if on > 0) for row in masks]
+        return [Subset.from_mask(row, names).name for row in masks]
 
     def _validate(self, validator, it, writer, early_stopping) -> bool:
         return _validation_step(self, validator, it, writer, early_stopping)
