@@ -45,7 +45,7 @@ def modality_for(name: str, modalities: Sequence[str], what: str = "modality") -
     for m in modalities:
         if canonical_modality(m) == wanted:
             return m
-    raise ConfigError(f'unknown {what} "{name}"{did_you_mean(name, list(modalities))}; expected one of '
+    raise ConfigError(f'unknown {what} "{name}"{did_you_mean(name, list(modalities))}; expected one of the modalities '
                       f"{', '.join(modalities)} (or another usual spelling, e.g. T1ce, t1gd, T2w, t2f)")
 
 
