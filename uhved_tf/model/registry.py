@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from uhved_tf.errors import ConfigError, did_you_mean
+from uhved_tf.errors import ConfigError, close_matches
 from uhved_tf.model.base import BaseNetwork
 
 _REGISTRY: dict[str, type] = {}
@@ -39,9 +39,10 @@ def get_network_class(name: str) -> type:
         return _REGISTRY[key]
     if "." in name and name.split(".")[0] in EXTENSION_PACKAGES:
         return _load_extension(name.strip())
-    hint = did_you_mean(key, list(_REGISTRY) + list(_ALIASES))
+    close = close_matches(key, list(_REGISTRY) + list(_ALIASES), n=1)
+    hint = f' Did you mean "{close[0]}"?' if close else ""
     raise ConfigError(
-        f'[NETWORK] name = "{name}": unknown network{hint}. Registered: {", ".join(sorted(_REGISTRY))}; '
+        f'[NETWORK] name = "{name}": unknown network.{hint} Registered: {", ".join(sorted(_REGISTRY))}; '
         f"or a class in the extensions package, e.g. extensions.my_net.MyNet")
 
 
