@@ -313,6 +313,9 @@ class Application:
         try:
             path, iteration = find_checkpoint(self.model_dir, which)
         except LookupError as exc:
+            if self.cfg.inference.inference_iter >= 0:
+                raise UhvedError(f"[INFERENCE] inference_iter = {which}: {exc}; set inference_iter = -1 for the "
+                                 "latest") from None
             raise UhvedError(f"[INFERENCE] checkpoint = {which}: {exc}") from None
         try:
             restore_model(model, path)
