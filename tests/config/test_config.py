@@ -20,7 +20,7 @@ from uhved_tf.config import (
     parse_config_text,
 )
 from uhved_tf.config import schema as S
-from uhved_tf.errors import ConfigError
+from uhved_tf.errors import ConfigError, close_matches, did_you_mean
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = [REPO / "config" / "demo.ini", REPO / "config" / "uhved.ini"]
@@ -297,6 +297,15 @@ def test_unknown_key_suggests_the_right_one_and_names_section_and_file():
     assert "Valid keys:" in msg and "max_iter" in msg
     msg = error_of(with_key(MINIMAL, "T1", "filename_contain = T1"))
     assert '[T1]' in msg and 'did you mean "filename_contains"' in msg
+
+
+def test_suggestions_follow_aliases_to_what_they_stand_for():
+    msg = error_of(with_key(MINIMAL, "TRAINING", "optimiser = gradientdescnt"))
+    assert msg.endswith('expected one of adam, adamw, sgd, momentum, nesterov, rmsprop, adagrad, adadelta; '
+                        'did you mean "sgd"?')
+    assert close_matches("learning_rat", ["lr", "max_iter"], aliases=S.KEY_ALIASES) == ["lr"]
+    assert close_matches("learning_rat", ["max_iter"], aliases=S.KEY_ALIASES) == []  # lr is not a candidate
+    assert did_you_mean("number_of_clases", ["num_classes"], aliases=S.KEY_ALIASES) == '; did you mean "num_classes"?'
 
 
 def test_bad_value_names_section_key_value_file_and_expectation():

@@ -4,8 +4,10 @@
     cfg = load_config("config/uhved.ini", overrides=["--max_iter", "10"], set_overrides=["T1.pixdim=1,1,1"])
     cfg.training.lr, cfg.modalities, cfg.inputs["T1"].path_to_search
 
-Every key, its type, default and help text live in :mod:`uhved_tf.config.schema`; parsing,
-overrides and cross-field checks in :mod:`uhved_tf.config.parser`. Pure Python (no TensorFlow).
+Every key, its type, default and help text live in :mod:`uhved_tf.config.schema`; the INI text
+and the overrides are read by :mod:`~uhved_tf.config.reading`, typed by :mod:`~uhved_tf.config.parser`
+(which also writes the resolved config) and checked across keys by :mod:`~uhved_tf.config.checks`.
+Pure Python (no TensorFlow).
 """
 
 from uhved_tf.config.parser import (

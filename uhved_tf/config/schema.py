@@ -6,10 +6,9 @@ validation of single values (:mod:`uhved_tf.config.parser`), the help comments o
 ``config/*.ini`` files and of the resolved config written into the model directory, and
 :func:`key_reference_markdown`.
 
-Keys come from NiftyNet (``user_parameters_*.py``; same names, types and defaults, see
-``niftynet_config.md``) plus the keys uhved_tf adds (marked "new" in the reference). NiftyNet keys
-that uhved_tf does not implement have ``used=False``: they are accepted, so a NiftyNet / U-HVED
-config still parses, and a WARNING names each one that is set.
+Keys come from NiftyNet (its ``user_parameters_*.py``: same names, types and defaults) plus the
+keys uhved_tf adds. NiftyNet keys that uhved_tf does not implement have ``used=False``: they are
+accepted, so a NiftyNet / U-HVED config still parses, and a WARNING names each one that is set.
 
 A :class:`Kind` turns one raw INI string into a typed value (``parse``) and back (``format``), with
 ``parse(format(v)) == v``. Path keys parse to ``str``; the parser resolves them to absolute
@@ -24,33 +23,9 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from uhved_tf.errors import close_matches
 
-__all__ = [
-    "FIXED_SECTIONS",
-    "TASK_SECTION",
-    "TASK_SECTION_ALIASES",
-    "OTHER_TASK_SECTIONS",
-    "INPUT",
-    "SCHEMA",
-    "TASK_GROUP_KEYS",
-    "Key",
-    "Kind",
-    "SystemConfig",
-    "NetworkConfig",
-    "TrainingConfig",
-    "InferenceConfig",
-    "EvaluationConfig",
-    "MultimodalConfig",
-    "InputConfig",
-    "SECTION_CLASSES",
-    "TRUE_WORDS",
-    "FALSE_WORDS",
-    "close_matches",
-    "suggest_key",
-    "key_comment",
-    "key_reference_markdown",
-]
+from uhved_tf.errors import did_you_mean
+from uhved_tf.model_dir import ModelDir
 
 TRUE_WORDS = ("yes", "true", "y", "1", "on")
 FALSE_WORDS = ("no", "false", "n", "0", "off")
@@ -59,11 +34,8 @@ _OPEN_TO_CLOSE = {"(": ")", "[": "]", "{": "}"}
 _QUOTES = ("'", '"')
 
 
-# --------------------------------------------------------------------------------------------
-# Suggestions ("did you mean ...?"): uhved_tf.errors.close_matches
-# --------------------------------------------------------------------------------------------
-
-#: Common names for keys, used only to suggest the real key (never accepted as keys).
+#: Common names for keys, used only to suggest the real key (never accepted as keys): the
+#: ``aliases`` of :func:`uhved_tf.errors.did_you_mean`.
 KEY_ALIASES = {
     "learning_rate": "lr",
     "learningrate": "lr",
@@ -87,15 +59,6 @@ KEY_ALIASES = {
     "random_seed": "seed",
     "batchsize": "batch_size",
 }
-
-
-def suggest_key(word: str, valid: Sequence[str]) -> str | None:
-    """The valid key closest to ``word``, also trying well-known synonyms (learning_rate -> lr)."""
-    candidates = list(valid) + [alias for alias, target in KEY_ALIASES.items() if target in valid]
-    matches = close_matches(word, candidates, n=1)
-    if not matches:
-        return None
-    return matches[0] if matches[0] in valid else KEY_ALIASES[matches[0]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,8 +196,7 @@ class Choice(Kind):
                 return option
         if s.lower() in self.aliases:
             return self.aliases[s.lower()]
-        close = close_matches(s, [o for o in self.options if o] + list(self.aliases), n=1) if s else []
-        hint = f'; did you mean "{self.aliases.get(close[0].lower(), close[0])}"?' if close else ""
+        hint = did_you_mean(s, [o for o in self.options if o], aliases=self.aliases) if s else ""
         raise ValueError(f"expected {self.describe()}{hint}")
 
     def format(self, value: Any) -> str:
@@ -543,9 +505,8 @@ INPUT = "INPUT"  # schema name of input sections ([T1], [label], ...); not a sec
 FIXED_SECTIONS = ("SYSTEM", "NETWORK", "TRAINING", "INFERENCE", "EVALUATION")
 TASK_SECTION = "MULTIMODAL"
 TASK_SECTION_ALIASES = ("MULTIMODAL", "SEGMENTATION")
+FIXED_AND_TASK = (*FIXED_SECTIONS, TASK_SECTION)
 OTHER_TASK_SECTIONS = ("REGRESSION", "CLASSIFICATION", "AUTOENCODER", "GAN", "REGISTRATION")
-#: Task-section keys whose values name input sections.
-TASK_GROUP_KEYS = ("image", "label", "weight", "sampler", "inferred", "value")
 
 _NP_PAD_MODES = ("constant", "edge", "minimum", "maximum", "mean", "median", "reflect", "symmetric", "wrap")
 _ACTIVATIONS = ("relu", "leakyrelu", "prelu", "elu", "selu", "softplus", "sigmoid", "tanh")
@@ -590,7 +551,7 @@ SYSTEM_KEYS: tuple[Key, ...] = (
       note="use distribution_strategy = mirrored to train on all visible GPUs"),
     K("model_dir", PathStr("config", empty="model"), "",
       "Folder for checkpoints, logs, the split file and the resolved config; empty = <config dir>/model"),
-    K("dataset_split_file", PathStr("model_dir"), "./dataset_split.csv",
+    K("dataset_split_file", PathStr("model_dir"), f"./{ModelDir.SPLIT}",
       "CSV assigning subjects to Training/Validation/Inference; created from the exclude fractions if missing"),
     K("event_handler", _STR_ARRAY,
       ("model_saver", "model_restorer", "sampler_threading", "apply_gradients", "output_interpreter",
@@ -631,7 +592,7 @@ NETWORK_KEYS: tuple[Key, ...] = (
     K("queue_length", Int(lo=1), 5, "Patches buffered ahead of training (at least 5 x batch_size are used)"),
     K("multimod_foreground_type", Choice("and", "or", "multi"), "and",
       "How per-modality foreground masks are combined for normalisation", used=False, note='each modality uses its own foreground; the crop uses the union'),
-    K("histogram_ref_file", PathStr("model_dir"), "./histogram_ref_file.txt",
+    K("histogram_ref_file", PathStr("model_dir"), f"./{ModelDir.HISTOGRAM}",
       "Nyul histogram landmarks file; trained on the training subjects if missing"),
     K("norm_type", Choice("percentile", "quartile"), "percentile", "Nyul landmark type"),
     K("cutoff", Array(Float(0, 1), lengths=(2,), post=_increasing), (0.01, 0.99),
@@ -851,16 +812,6 @@ MultimodalConfig = _section_class("MultimodalConfig", TASK_SECTION,
                                   "[MULTIMODAL] task section ([SEGMENTATION] is an alias)")
 InputConfig = _section_class("InputConfig", INPUT, "An input-data section ([T1], [label], ...)",
                              extra=[("name", str, "the section name, e.g. T1")])
-
-SECTION_CLASSES: dict[str, type] = {
-    "SYSTEM": SystemConfig,
-    "NETWORK": NetworkConfig,
-    "TRAINING": TrainingConfig,
-    "INFERENCE": InferenceConfig,
-    "EVALUATION": EvaluationConfig,
-    TASK_SECTION: MultimodalConfig,
-    INPUT: InputConfig,
-}
 
 
 # --------------------------------------------------------------------------------------------
