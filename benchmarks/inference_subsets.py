@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from uhved_tf.data.subsets import subset_masks  # noqa: E402
+from uhved_tf.subset import subset_masks  # noqa: E402
 from uhved_tf.inference.predictor import WindowPredictor, predict_volume  # noqa: E402
 from uhved_tf.model.uhved import UHVED  # noqa: E402
 
@@ -92,10 +92,9 @@ def per_case(window, base_width, n, case_shape):
 
     def run(group, out):
         case = app.load_case(subject, settings, with_label=False)
-        app._predictors.clear()                             # a new run traces its own predictor
-        results = app.predict_case(model, case, group)
+        results = app.predictor(model)(case, group)       # a new run traces its own predictor
         for subset, res in zip(group, results):
-            app.write_outputs(case, res, out / "+".join(subset), overwrite=True)
+            app.outputs.write(case, res, out / "+".join(subset), overwrite=True)
 
     t0 = time.perf_counter()
     for s in subsets:

@@ -192,13 +192,9 @@ def build_model(app):
 
 def training_step(app, model):
     """The traced training step of :class:`uhved_tf.training.trainer.Trainer` (what ``fit`` runs)."""
-    from uhved_tf.losses import LossWeights
     from uhved_tf.training.trainer import TrainSettings, Trainer
 
-    cfg, t = app.cfg, app.cfg.training
-    trainer = Trainer(model, TrainSettings(
-        max_iter=t.max_iter, lr=t.lr, optimiser=t.optimiser, seed=cfg.system.seed,
-        num_classes=cfg.task.num_classes, loss_weights=LossWeights.from_training_settings(t)), app.model_dir)
+    trainer = Trainer(model, TrainSettings.from_config(app.cfg), app.model_dir)
     return trainer._build_step()
 
 
@@ -384,7 +380,7 @@ def pipeline_overhead(report, app, run, batch, sizes, tmp, const_before):
     make_demo_dataset(tmp / "data", n_subjects=n_cases, shape=sizes.data_shape, spacing=(1.0, 1.0, 1.0), seed=0)
     subjects = app.discover(need_label=True)
     if cfg.network.normalisation:
-        train_landmarks_for_subjects(app, subjects)
+        train_landmarks_for_subjects(subjects, cfg.modality_inputs, cfg.network, app.model_dir.histogram)
     dataset = app.build_dataset(subjects)
     prepared = time.perf_counter() - t0
     batches = iter(dataset)
@@ -493,7 +489,7 @@ def startup(report, args, sizes) -> bool:
 
 # --- 4: inference -----------------------------------------------------------------------------------
 def inference(report, app, model, sizes):
-    from uhved_tf.data.subsets import subset_masks
+    from uhved_tf.subset import subset_masks
     from uhved_tf.inference.predictor import WindowPredictor, predict_volume
 
     cfg, inf = app.cfg, app.cfg.inference
@@ -524,7 +520,7 @@ def inference(report, app, model, sizes):
     report.figure(f"{inf.samples} samples / posterior mean", sampled / one, f"{sampled / one:.2f}x", "<= 2x",
                   lambda v: v <= 2)
 
-    window = app.inference_window()
+    window = tuple(cfg.inference.spatial_window_size)
     batch_size = max(1, cfg.network.batch_size)
     case = np.random.default_rng(2).normal(size=(*sizes.case_shape, len(cfg.modalities))).astype(np.float32)
     calls = sampling.calls

@@ -235,8 +235,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    from uhved_tf.training.trainer import latest_iteration
-    it = latest_iteration(model)
+    from uhved_tf.model_dir import ModelDir
+    it = ModelDir(model).latest_iteration()
     assert it is not None and it >= 1
     assert metrics(model)[-1][0] == it
 

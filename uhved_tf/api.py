@@ -7,6 +7,7 @@
     out["seg"].to_filename("case_seg.nii.gz")                   # BraTS labels 0/1/2/4, input geometry
     out["synth"]["T2"]                                          # synthesised T2 (nibabel image)
     out["uncertainty"]                                          # predictive entropy (nats)
+    both = predictor.predict(images, subsets="T1c,Flair;Flair")   # {"T1c+Flair": {...}, "Flair": {...}}
 
     Trainer.from_config("config/demo.ini", set_overrides=["TRAINING.max_iter=10"]).fit()
 
@@ -25,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from uhved_tf.errors import DataError
-from uhved_tf.subset import modality_for
+from uhved_tf.subset import Subset, modality_for
 
 __all__ = ["Predictor", "Trainer"]
 
@@ -42,6 +43,7 @@ class Predictor:
 
         self.app = Application(cfg)
         self.model = self.app.load_trained_model()
+        self.predictor = self.app.predictor(self.model)
         self.modalities = tuple(cfg.modalities)
         self._settings = self.app.preprocess_settings()
 
@@ -52,14 +54,16 @@ class Predictor:
         from uhved_tf.zoo import config_for_model_dir
         return cls(config_for_model_dir(path, set_overrides=set_overrides))
 
-    def predict(self, images: Mapping, subject_id: str = "case") -> dict:
+    def predict(self, images: Mapping, subject_id: str = "case", subsets=None) -> dict:
         """``images``: modality name (case-insensitive; ``t1ce`` = ``T1c``) -> a NIfTI path or a
         nibabel image, any non-empty subset of the model's modalities, all on one grid.
 
         Returns ``{"seg": image, "synth": {modality: image}, "uncertainty": image, "prob": image}``
         (``synth`` for networks that synthesise, ``prob`` when ``[INFERENCE] output_prob``), every
         image in the geometry of the inputs, plus ``"subset"`` (the modalities used) and
-        ``"seconds"``.
+        ``"seconds"``. With ``subsets`` (as the CLI's ``--modalities``: ``"T1c,Flair;T2"``,
+        ``"all"``, ``"singles"`` or a list of subsets of the given images), the case is encoded
+        once and the result is ``{subset name: that dict}``.
         """
         import nibabel as nib
 
@@ -85,20 +89,26 @@ class Predictor:
                                     f"got {type(value).__name__}")
             from uhved_tf.data.cases import load_case
             case = load_case(safe_subject_id(subject_id), files, self._settings, with_label=False)
-            subset = tuple(m for m in self.modalities if m in files)
-            result = self.app.predict_case(self.model, case, [subset])[0]
-            out: dict = {"synth": {}}
-            for suffix, (array, dtype, order) in self.app.output_arrays(case, result).items():
-                img = image_like(array, case.geometry, dtype=dtype, interp_order=order)
-                if suffix.endswith("_synth"):
-                    out["synth"][suffix[: -len("_synth")]] = img
-                else:
-                    out[suffix] = img
-        if not out["synth"]:
-            del out["synth"]
-        out["subset"] = subset
-        out["seconds"] = time.perf_counter() - t0
-        return out
+            if subsets is None:
+                chosen = [Subset(files, self.modalities)]
+            else:
+                chosen = Subset.parse(subsets, self.modalities) if isinstance(subsets, str) else [
+                    Subset(s, self.modalities) for s in subsets]
+            results = {}
+            for subset, result in zip(chosen, self.predictor(case, chosen)):
+                out: dict = {"synth": {}}
+                for suffix, (array, dtype, order) in self.app.outputs.arrays(case, result).items():
+                    img = image_like(array, case.geometry, dtype=dtype, interp_order=order)
+                    if suffix.endswith("_synth"):
+                        out["synth"][suffix[: -len("_synth")]] = img
+                    else:
+                        out[suffix] = img
+                if not out["synth"]:
+                    del out["synth"]
+                out["subset"] = tuple(subset)
+                out["seconds"] = time.perf_counter() - t0
+                results[subset.name] = out
+        return results if subsets is not None else results[chosen[0].name]
 
 
 class Trainer:

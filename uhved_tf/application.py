@@ -1,17 +1,15 @@
 """The application: wires config -> data -> model -> losses -> training -> inference -> evaluation.
 
-Each step is a hook (``discover``, ``build_dataset``, ``build_model``, ``build_trainer``,
-``predict_case``...) so that a variant overrides one hook, not a 500-line class. The model
-directory is self-describing: ``config_resolved.ini``, ``metadata.json`` (modality order, label
-map, network, window, versions), ``dataset_split.csv``, ``checkpoints/``, ``logs/`` and
-``metrics.csv``.
+It is the only module that sees the whole config. Each step is a method that builds one part
+(``discover``, ``build_dataset``, ``build_model``, ``build_validator``, ``predictor``...) and hands
+the modules below it what they need (settings, a :class:`~uhved_tf.model_dir.ModelDir`, a
+predictor), never the application itself; a variant overrides one method. The model directory's
+layout is :class:`~uhved_tf.model_dir.ModelDir`'s.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -20,36 +18,30 @@ import numpy as np
 from uhved_tf import __version__
 from uhved_tf.config import Config
 from uhved_tf.data.cases import Case, PreprocessSettings, load_case
-from uhved_tf.data import preprocessing as pp
 from uhved_tf.errors import ConfigError, DataError, UhvedError
-from uhved_tf.subset import Subset
-from uhved_tf.io.atomic import atomic_write_text, temporary_sibling
+from uhved_tf.inference.case import CasePredictor, Outputs
 from uhved_tf.io.discovery import InputSpec, find_subjects, load_or_create_split, subjects_in
+from uhved_tf.model_dir import ModelDir
+from uhved_tf.subset import Subset
 
 log = logging.getLogger(__name__)
-
-METADATA_NAME = "metadata.json"
-# Settings that must not change between training and inference / resuming.
-_MODEL_KEYS = ("network", "modalities", "label_values", "num_classes", "base_width", "levels")
 
 
 class Application:
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.model_dir = Path(cfg.system.model_dir)
-        self._predictors: dict = {}
+        self.model_dir = ModelDir.from_config(cfg)
+        self.outputs = Outputs.from_config(cfg)
         self.pipeline_error: UhvedError | None = None   # the first user error of the input pipeline
+        self.loaded_checkpoint: dict | None = None      # which weights load_trained_model restored
 
     # --- data --------------------------------------------------------------------------------
     def preprocess_settings(self) -> PreprocessSettings:
         landmarks = None
         if self.cfg.network.normalisation:
             from uhved_tf.data.histogram import read_landmarks
-            landmarks = read_landmarks(self.histogram_file(), self.cfg.modalities)
+            landmarks = read_landmarks(self.model_dir.histogram, self.cfg.modalities)
         return PreprocessSettings.from_config(self.cfg, landmarks=landmarks)
-
-    def histogram_file(self) -> Path:
-        return Path(self.cfg.network.histogram_ref_file)
 
     def input_specs(self) -> list[InputSpec]:
         specs = []
@@ -75,7 +67,7 @@ class Application:
 
     def split(self, subjects) -> dict[str, str]:
         t = self.cfg.training
-        return load_or_create_split([s.id for s in subjects], Path(self.cfg.system.dataset_split_file),
+        return load_or_create_split([s.id for s in subjects], self.model_dir.split,
                                     t.exclude_fraction_for_validation, t.exclude_fraction_for_inference,
                                     self.cfg.system.seed)
 
@@ -167,111 +159,84 @@ class Application:
                 "normalise_foreground_only": cfg.network.normalise_foreground_only,
                 "foreground_type": cfg.network.foreground_type,
                 "normalisation": cfg.network.normalisation,
-                "histogram_ref_file": str(self.histogram_file()) if cfg.network.normalisation else None,
+                "histogram_ref_file": str(self.model_dir.histogram) if cfg.network.normalisation else None,
                 "volume_padding_size": list(cfg.network.volume_padding_size),
             },
         }
 
     def check_metadata(self) -> dict | None:
-        path = self.model_dir / METADATA_NAME
-        if not path.exists():
-            return None
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: unreadable model metadata ({exc})") from None
-        now = self.metadata()
-        for key in _MODEL_KEYS:
-            if saved.get(key) != now.get(key):
-                raise ConfigError(
-                    f"{path}: the model in {self.model_dir} was trained with {key} = {saved.get(key)!r} but the "
-                    f"config says {now.get(key)!r}; use the training config or another model_dir")
-        return saved
+        """The model directory's metadata, checked against this config (None: no model yet)."""
+        return self.model_dir.check_metadata(self.metadata())
 
     # --- training ----------------------------------------------------------------------------
-    def train(self, resume: bool = False, overwrite: bool = False, progress: bool = True,
-              on_iteration=None) -> dict:
-        """Train to ``max_iter`` (see the CLI's ``train``); ``on_iteration(iteration, losses)`` is
-        called after every step (benchmarks/soak.py samples memory with it)."""
-        import tensorflow as tf
-        from uhved_tf.losses import LossForms, LossWeights
-        from uhved_tf.training.trainer import TrainSettings, Trainer, latest_iteration
-
-        cfg = self.cfg
-        latest = latest_iteration(self.model_dir) if self.model_dir.exists() else None
+    def start_iteration(self, resume: bool, overwrite: bool) -> int | None:
+        """The iteration training starts from (None: nothing left to train); with ``overwrite``
+        an existing training is forgotten first. Refuses to continue or clobber silently."""
+        cfg, md = self.cfg, self.model_dir
+        latest = md.latest_iteration()
         start = cfg.training.starting_iter
         if start == -1 or resume:
             start = latest or 0
         if latest is not None and start == 0 and not resume:
             if not overwrite:
                 raise UhvedError(
-                    f"{self.model_dir} already has checkpoints up to iteration {latest}; pass --resume to continue "
+                    f"{md} already has checkpoints up to iteration {latest}; pass --resume to continue "
                     f"(or set [TRAINING] starting_iter = -1), or --overwrite to start again and delete them")
-            import shutil
-            from uhved_tf.training.checkpoint import BEST_DIR, ROLLING_DIR
-            for sub in (ROLLING_DIR, BEST_DIR, "logs"):
-                shutil.rmtree(self.model_dir / sub, ignore_errors=True)
-            for f in ("metrics.csv", "validation.csv", METADATA_NAME):
-                (self.model_dir / f).unlink(missing_ok=True)
+            md.clear_training()
             latest = None
         if start > 0:
             self.check_metadata()
         if start > 0 and latest is None:
-            raise UhvedError(f"[TRAINING] starting_iter = {start} but {self.model_dir} has no checkpoint")
+            raise UhvedError(f"[TRAINING] starting_iter = {start} but {md} has no checkpoint")
         if start >= cfg.training.max_iter:
             log.info("already at iteration %d >= max_iter %d: nothing to train", start, cfg.training.max_iter)
-            return {}
+            return None
+        return start
 
+    def train(self, resume: bool = False, overwrite: bool = False, progress: bool = True,
+              on_iteration=None) -> dict:
+        """Train to ``max_iter`` (see the CLI's ``train``); ``on_iteration(iteration, losses)`` is
+        called after every step (benchmarks/soak.py samples memory with it)."""
+        import keras
+        import tensorflow as tf
+        from uhved_tf.training.trainer import TrainSettings, Trainer, default_callbacks
+
+        cfg, md = self.cfg, self.model_dir
+        start = self.start_iteration(resume, overwrite)
+        if start is None:
+            return {}
         subjects = self.discover(need_label=True)
         split = self.split(subjects)
         train_ids = set(subjects_in(split, "Training"))
         train_subjects = [s for s in subjects if s.id in train_ids]
         if not train_subjects:
-            raise DataError(f"no training subjects in {cfg.system.dataset_split_file}")
+            raise DataError(f"no training subjects in {md.split}")
         log.info("%d training subjects, %d validation, %d inference", len(train_subjects),
                  len(subjects_in(split, "Validation")), len(subjects_in(split, "Inference")))
-        self.model_dir.mkdir(parents=True, exist_ok=True)
-        cfg.write_resolved(self.model_dir)
-        if cfg.network.normalisation and not self.histogram_file().exists():
+        md.root.mkdir(parents=True, exist_ok=True)
+        cfg.write_resolved(md.root)
+        if cfg.network.normalisation and not md.histogram.exists():
             from uhved_tf.data.histogram import train_landmarks_for_subjects
-            train_landmarks_for_subjects(self, train_subjects)
-        # Atomically: resuming reads it first, and a run killed while writing it must stay resumable.
-        _write_text_atomically(self.model_dir / METADATA_NAME, json.dumps(self.metadata(), indent=2))
+            train_landmarks_for_subjects(train_subjects, cfg.modality_inputs, cfg.network, md.histogram)
+        md.write_metadata(self.metadata())
 
-        import keras
         # Initial weights from [SYSTEM] seed (everything later uses explicit stateless seeds).
         keras.utils.set_random_seed(cfg.system.seed)
         strategy = make_strategy(cfg.system.distribution_strategy)
         with strategy.scope():
             model = self.build_model()
-        trainer = Trainer(model, TrainSettings(
-            max_iter=cfg.training.max_iter, lr=cfg.training.lr, lr_decay_factor=cfg.training.lr_decay_factor,
-            lr_decay_every=cfg.training.lr_decay_every, save_every_n=cfg.training.save_every_n,
-            max_checkpoints=cfg.training.max_checkpoints, tensorboard_every_n=cfg.training.tensorboard_every_n,
-            optimiser=cfg.training.optimiser, seed=cfg.system.seed, num_classes=cfg.task.num_classes,
-            loss_weights=LossWeights.from_training_settings(cfg.training),
-            loss_forms=LossForms.from_settings(cfg.training, cfg.network)), self.model_dir, strategy)
+        settings = TrainSettings.from_config(cfg)
+        trainer = Trainer(model, settings, md, strategy)
         if start > 0:
-            try:
-                start = trainer.restore(start if start != latest else None)
-            except (ValueError, AssertionError, tf.errors.OpError) as exc:
-                # Checksums are verified on read: a damaged file (or another network) lands here.
-                from uhved_tf.training.trainer import checkpoint_dir
-                ckdir = checkpoint_dir(self.model_dir)
-                have = sorted(int(p.name[len("ckpt-"):-len(".index")]) for p in ckdir.glob("ckpt-*.index"))
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise UhvedError(
-                    f"{ckdir / f'ckpt-{start}'}: cannot restore the checkpoint, it is damaged or does not fit "
-                    f"this network ({reason}); checkpoints present: {', '.join(map(str, have)) or 'none'}; "
-                    f"resume from another with [TRAINING] starting_iter = N, or start again with --overwrite"
-                ) from None
+            start = self.restore(trainer, start)
         dataset = self.build_dataset(train_subjects, start_iteration=start)
-        validator, early = self.build_validator(subjects, split)
+        validator, early = self.build_validator(subjects, split, model)
+        callbacks = default_callbacks(settings, md, progress=progress, validator=validator,
+                                      validation_every_n=cfg.training.validation_every_n, early_stopping=early,
+                                      on_iteration=on_iteration)
         t0 = time.perf_counter()
         try:
-            terms = trainer.fit(dataset, start_iteration=start, progress=progress, validator=validator,
-                                validation_every_n=cfg.training.validation_every_n, early_stopping=early,
-                                on_iteration=on_iteration)
+            terms = trainer.fit(dataset, start_iteration=start, callbacks=callbacks)
         except tf.errors.OpError:
             if self.pipeline_error is not None:   # a bad training file, read by the tf.data pipeline
                 raise self.pipeline_error from None
@@ -279,7 +244,21 @@ class Application:
         log.info("trained iterations %d..%d in %.1f s", start, cfg.training.max_iter, time.perf_counter() - t0)
         return terms
 
-    def build_validator(self, subjects, split):
+    def restore(self, trainer, start: int) -> int:
+        import tensorflow as tf
+        try:
+            return trainer.restore(start if start != self.model_dir.latest_iteration() else None)
+        except (ValueError, AssertionError, tf.errors.OpError) as exc:
+            # Checksums are verified on read: a damaged file (or another network) lands here.
+            have = self.model_dir.saved_iterations()
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UhvedError(
+                f"{self.model_dir.checkpoint_path(start)}: cannot restore the checkpoint, it is damaged or does not "
+                f"fit this network ({reason}); checkpoints present: {', '.join(map(str, have)) or 'none'}; "
+                f"resume from another with [TRAINING] starting_iter = N, or start again with --overwrite"
+            ) from None
+
+    def build_validator(self, subjects, split, model):
         """The validation hook (None when ``validation_every_n <= 0`` or there is no validation split)."""
         from uhved_tf.training.validation import EarlyStopping, Validator
 
@@ -298,20 +277,24 @@ class Application:
         subsets = Subset.parse(t.validation_subsets, self.cfg.modalities)
         log.info("validating on %d subjects every %d iterations, subsets %s", len(chosen), t.validation_every_n,
                  ", ".join(s.name for s in subsets))
-        return Validator(self, chosen, subsets), EarlyStopping(t.patience, t.early_stopping_mode)
+        settings = self.preprocess_settings()
+        cases = [self.load_case(s, settings) for s in chosen]
+        return (Validator(cases, subsets, self.predictor(model), self.cfg.modalities, self.cfg.task.label_values),
+                EarlyStopping(t.patience, t.early_stopping_mode))
 
     # --- inference ---------------------------------------------------------------------------
     def load_trained_model(self):
         import tensorflow as tf
+        from uhved_tf.training.checkpoint import restore_model
 
+        md = self.model_dir
         if self.check_metadata() is None:
-            raise UhvedError(f"{self.model_dir} has no trained model ({METADATA_NAME} missing); run "
+            raise UhvedError(f"{md} has no trained model ({md.METADATA} missing); run "
                              f"`uhved_tf train -c CONFIG` first or point [SYSTEM] model_dir at a model")
         model = self.build_model()
-        from uhved_tf.training.checkpoint import find_checkpoint, restore_model
         which = self.checkpoint_choice()
         try:
-            path, iteration = find_checkpoint(self.model_dir, which)
+            path, iteration = md.find_checkpoint(which)
         except LookupError as exc:
             if self.cfg.inference.inference_iter >= 0:
                 raise UhvedError(f"[INFERENCE] inference_iter = {which}: {exc}; set inference_iter = -1 for the "
@@ -336,88 +319,21 @@ class Application:
             return str(inf.inference_iter)
         return inf.checkpoint
 
-    def inference_window(self):
-        return tuple(self.cfg.inference.spatial_window_size or self.cfg.spatial_window_size)
-
-    def predict_case(self, model, case: Case, subsets, progress=None, samples: int | None = None) -> list[dict]:
-        from uhved_tf.inference.predictor import WindowPredictor, predict_volume
-
-        masks = []
-        for subset in subsets:
-            m = np.array([1.0 if mod in subset else 0.0 for mod in self.cfg.modalities], np.float32)
-            m = m * case.data_mask   # a missing file is a missing modality
-            if m.sum() == 0:
-                raise DataError(f"subject {case.id}: none of {list(subset)} is available "
-                                f"(files: {sorted(k for k in case.files if case.files[k])})")
-            masks.append(m)
-        inf = self.cfg.inference
-        samples = inf.samples if samples is None else samples
-        masks = np.stack(masks)
-        key = (id(model), masks.tobytes(), samples)
-        if key not in self._predictors:
-            self._predictors[key] = WindowPredictor(model, masks, samples=samples, seed=self.cfg.system.seed,
-                                                    tta=inf.tta)
-        return predict_volume(self._predictors[key], case.image, self.inference_window(), overlap=inf.window_overlap,
-                              blend_mode=inf.blend_mode, border=tuple(inf.border),
-                              batch_size=max(1, self.cfg.network.batch_size), progress=progress)
-
-    def output_arrays(self, case: Case, result: dict) -> dict:
-        """The outputs of one case and subset on the case's working grid (crop undone), keyed by
-        file-name suffix: ``{"seg": (array, dtype, interp_order), "T1_synth": ..., "uncertainty": ...,
-        "prob": ...}`` (uncertainty and probabilities when the config asks for them)."""
-        label_values = self.cfg.task.label_values
-        classes = np.argmax(result["seg_prob"], axis=-1)
-        out = {"seg": (pp.unmap_labels(pp.uncrop(classes.astype(np.int32), case.box, fill=0), label_values),
-                       np.uint8, 0)}
-        if "synth" in result:
-            for i, m in enumerate(self.cfg.modalities):
-                out[f"{m}_synth"] = (pp.uncrop(result["synth"][..., i].astype(np.float32), case.box, fill=0.0),
-                                     np.float32, 1)
-        if self.cfg.inference.save_uncertainty:
-            out["uncertainty"] = (pp.uncrop(result["uncertainty"].astype(np.float32), case.box), np.float32, 1)
-        if self.cfg.inference.output_prob or self.cfg.task.output_prob:
-            out["prob"] = (pp.uncrop(result["seg_prob"].astype(np.float32), case.box), np.float32, 1)
-        return out
-
-    def write_outputs(self, case: Case, result: dict, out_dir: Path, overwrite=False) -> list[Path]:
-        """``<id>_seg.nii.gz``, ``<id>_<modality>_synth.nii.gz``, ... in the input's geometry; refuses
-        (before writing anything) when one exists, unless ``overwrite``."""
-        from uhved_tf.io.nifti import save_like
-
-        targets = [(out_dir / f"{case.id}_{suffix}.nii.gz", *spec)
-                   for suffix, spec in self.output_arrays(case, result).items()]
-        if not overwrite:
-            existing = [str(p) for p, *_ in targets if p.exists()]
-            if existing:
-                raise DataError(f"{existing[0]} exists (and {len(existing) - 1} more outputs); "
-                                f"pass --overwrite to replace them or choose another output folder")
-        # All or nothing: every output is written under a hidden temporary name first and moved
-        # into place only when all of them are written, so a full disk or an unwritable folder
-        # leaves neither a partial set of outputs nor a damaged earlier result.
-        staged, written, path = [], [], out_dir
-        try:
-            for path, arr, dtype, order in targets:
-                tmp = temporary_sibling(path, "partial")
-                staged.append((save_like(arr, case.geometry, tmp, dtype=dtype, interp_order=order), path))
-            for tmp, path in staged:
-                os.replace(tmp, path)
-                written.append(path)
-        except OSError as exc:
-            raise DataError(f"{path}: cannot write the outputs of subject {case.id} ({exc.strerror or exc}); "
-                            f"check the free space and permissions of {path.parent}") from None
-        finally:
-            for tmp, _ in staged:
-                tmp.unlink(missing_ok=True)
-        return written
+    def predictor(self, model) -> CasePredictor:
+        """``predictor(case, subsets)``: the local inference step of a trained ``model``."""
+        return CasePredictor(model, self.cfg.modalities, self.cfg.inference, seed=self.cfg.system.seed,
+                             batch_size=self.cfg.network.batch_size)
 
     def run_inference(self, subjects, subsets, out_dir: Path, overwrite=False, progress=True,
                       keep_going=True) -> dict:
         """Segment ``subjects``; with ``keep_going`` a broken case is reported and skipped
         (returned in the dict of failures) instead of stopping the run."""
-        from uhved_tf.training.progress import Progress
+        from uhved_tf.evaluation.metrics import volumes_ml
+        from uhved_tf.training.progress import Progress, window_progress
 
-        model = self.load_trained_model()
+        predict = self.predictor(self.load_trained_model())
         settings = self.preprocess_settings()
+        subsets = [Subset(s, self.cfg.modalities) for s in subsets]
         out_dir = Path(out_dir)
         failed = {}
         bar = Progress(len(subjects), desc="inference", enabled=progress)
@@ -425,13 +341,11 @@ class Application:
             t0 = time.perf_counter()
             try:
                 case = self.load_case(subject, settings, with_label=False)
-                results = self.predict_case(model, case, subsets,
-                                            progress=_window_progress(case.id) if progress else None)
+                results = predict(case, subsets, progress=window_progress(case.id) if progress else None)
                 for subset, res in zip(subsets, results):
-                    subset = Subset(subset, self.cfg.modalities)
-                    target = out_dir if len(subsets) == 1 else out_dir / subset.name
-                    self.write_outputs(case, res, target, overwrite=overwrite)
-                    vols = _volumes(res, case, self.cfg.task.label_values)
+                    self.outputs.write(case, res, out_dir if len(subsets) == 1 else out_dir / subset.name,
+                                       overwrite=overwrite)
+                    vols = volumes_ml(self.outputs.labels(res), case.spacing)
                     log.info("%s [%s] %.1f s: whole %.1f mL, core %.1f mL, enhancing %.1f mL", case.id,
                              subset.name, time.perf_counter() - t0, vols["whole"], vols["core"],
                              vols["enhancing"])
@@ -458,34 +372,57 @@ class Application:
 
     def evaluate(self, subsets, phase: str = "Inference", out_dir: Path | None = None, progress=True,
                  figure: bool = False):
-        from uhved_tf.evaluation.report import evaluate_subjects
-        return evaluate_subjects(self, subsets, phase=phase, out_dir=out_dir, progress=progress, figure=figure)
+        """Segmentation (and synthesis) scores of the ``phase`` split's cases for every subset."""
+        from uhved_tf.evaluation.report import Evaluation, evaluate_cases
 
+        cfg = self.cfg
+        subsets = [Subset(s, cfg.modalities) for s in subsets]
+        subjects = self.discover(need_label=True)
+        ids = set(subjects_in(self.split(subjects), phase))
+        chosen = [s for s in subjects if s.id in ids]
+        if not chosen:
+            raise DataError(f"no {phase} subjects with labels in {self.model_dir.split}")
+        # One model for every subset, or one Single network per subset (train --all-subsets).
+        groups = [(a.predictor(a.load_trained_model()), group, a) for a, group in self.models_for_subsets(subsets)]
+        models = [{"model_dir": str(a.model_dir), "subsets": [s.name for s in group],
+                   **{k: v for k, v in (a.loaded_checkpoint or {}).items() if k != "path"}} for _, group, a in groups]
+        settings = self.preprocess_settings()
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
+        def cases():
+            for subject in chosen:
+                yield subject, self.load_case(subject, settings, with_label=False), subject.files[cfg.label_section]
 
+        def predict(case) -> dict:
+            by_subset = {}
+            for predictor, group, _ in groups:
+                by_subset.update(zip(group, predictor(case, group)))
+            return by_subset
 
-def _window_progress(case_id):
-    """A progress bar over the sliding-window batches of one case (created on the first call,
-    when the number of windows is known)."""
-    from uhved_tf.training.progress import Progress
-    state = {}
+        return evaluate_cases(cases(), len(chosen), predict, Evaluation.from_config(cfg, subsets), models,
+                              out_dir=Path(out_dir or cfg.evaluation.save_csv_dir), progress=progress, figure=figure)
 
-    def update(done, total):
-        if "bar" not in state:
-            state["bar"] = Progress(total, desc=f"  {case_id} windows")
-        bar = state["bar"]
-        bar.update(done - bar.count)
-        if done >= total:
-            bar.close()
-    return update
+    # --- one network per subset (the Single baseline) ------------------------------------------
+    def train_all_subsets(self, subsets=None, resume: bool = False, overwrite: bool = False,
+                          progress: bool = True) -> dict[str, dict]:
+        """Train one Single network per subset (default: all 2^M - 1), one after the other, each in
+        ``<model_dir>/<subset>/`` (:mod:`uhved_tf.training.all_subsets`). Returns ``{subset name:
+        final loss terms}`` (empty terms for a run that had nothing left to train)."""
+        from uhved_tf.training.all_subsets import check_single, subset_config
 
-
-def _volumes(res, case, label_values):
-    from uhved_tf.evaluation.metrics import volumes_ml
-    classes = np.argmax(res["seg_prob"], axis=-1)
-    return volumes_ml(pp.unmap_labels(classes, label_values, dtype=np.int32), case.spacing)
+        cfg = self.cfg
+        check_single(cfg)
+        subsets = list(subsets) if subsets else Subset.parse("all", cfg.modalities)
+        if cfg.network.subset:
+            log.info("--all-subsets: ignoring [NETWORK] subset = %s", ", ".join(cfg.network.subset))
+        out = {}
+        for i, subset in enumerate(subsets, 1):
+            sub_cfg = subset_config(cfg, subset)
+            name = Subset(subset, cfg.modalities).name
+            log.info("[%d/%d] Single for %s in %s", i, len(subsets), name, sub_cfg.system.model_dir)
+            t0 = time.perf_counter()
+            out[name] = type(self)(sub_cfg).train(resume=resume, overwrite=overwrite, progress=progress)
+            log.info("[%d/%d] %s done in %.1f s", i, len(subsets), name, time.perf_counter() - t0)
+        return out
 
 
 def make_strategy(name: str):

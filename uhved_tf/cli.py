@@ -173,12 +173,30 @@ def _load_config(args, extra):
 def _cmd_train(args, cfg) -> int:
     from uhved_tf.application import Application
     if args.all_subsets or args.subsets:
-        from uhved_tf.training.all_subsets import train_all_subsets_cli
-        return train_all_subsets_cli(args, cfg)
+        return _train_all_subsets(args, cfg)
     terms = Application(cfg).train(resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if terms:
         print("final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()))
     print(f"model directory: {cfg.system.model_dir}")
+    return 0
+
+
+def _train_all_subsets(args, cfg) -> int:
+    """``uhved_tf train --all-subsets [--subsets S] [--resume] [--overwrite]``."""
+    from uhved_tf.application import Application
+    from uhved_tf.errors import UhvedError
+    from uhved_tf.subset import Subset
+
+    if not args.all_subsets:
+        raise UhvedError("--subsets only goes with --all-subsets (a single network trains on its config's "
+                         "[NETWORK] subset)")
+    subsets = Subset.parse(args.subsets, cfg.modalities) if args.subsets else None
+    results = Application(cfg).train_all_subsets(subsets, resume=args.resume, overwrite=args.overwrite,
+                                                 progress=not args.quiet)
+    for name, terms in results.items():
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in terms.items()) if terms else "nothing left to train"
+        print(f"{name}: {losses}")
+    print(f"model directories: {cfg.system.model_dir}/<subset> ({len(results)} subsets)")
     return 0
 
 

@@ -139,7 +139,7 @@ class Study:
     def evaluated_is_current(self, run: Run) -> bool:
         """True when the evaluation folder scored the checkpoint(s) a new evaluation would load (a
         longer training since, or another ``checkpoint``, makes it stale)."""
-        from uhved_tf.training.checkpoint import BEST_DIR, ROLLING_DIR, saved_iterations
+        from uhved_tf.model_dir import ModelDir
 
         target = self.eval_dir(run)
         try:
@@ -149,11 +149,9 @@ class Study:
         if not (target / "per_case.csv").exists() or not models:
             return False
         for entry in models:
-            folder = Path(entry["model_dir"])
-            if self.checkpoint == "best":
-                have = saved_iterations(folder / BEST_DIR, "best")
-            elif self.checkpoint == "latest":
-                have = saved_iterations(folder / ROLLING_DIR)
+            folder = ModelDir(entry["model_dir"])
+            if self.checkpoint in ("best", "latest"):
+                have = folder.saved_iterations(best=self.checkpoint == "best")
             else:
                 have = [int(self.checkpoint)]
             if not have or entry.get("iteration") != have[-1] or entry.get("checkpoint") != self.checkpoint:

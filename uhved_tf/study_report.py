@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from uhved_tf.io.atomic import atomic_write_csv, atomic_write_text
+from uhved_tf.model_dir import ModelDir
 
 REGIONS = ("whole", "core", "enhancing")
 SHORT = {"whole": "WT", "core": "TC", "enhancing": "ET"}
@@ -88,12 +89,10 @@ def by_size(means, subsets) -> dict[int, dict[str, float]]:
 def trained_iterations(model_dir: Path) -> str:
     """The newest checkpoint's iteration in a model directory (or in each per-subset one of a Single
     study: their range), from the checkpoint files."""
-    from uhved_tf.training.checkpoint import ROLLING_DIR, saved_iterations
-
-    have = saved_iterations(model_dir / ROLLING_DIR)
+    have = ModelDir(model_dir).saved_iterations()
     if have:
         return str(have[-1])
-    per_subset = [saved_iterations(d / ROLLING_DIR) for d in sorted(model_dir.iterdir()) if d.is_dir()] \
+    per_subset = [ModelDir(d).saved_iterations() for d in sorted(model_dir.iterdir()) if d.is_dir()] \
         if model_dir.is_dir() else []
     last = sorted({h[-1] for h in per_subset if h})
     if not last:
@@ -245,7 +244,7 @@ def write_report(study, name: str, reference: str | None, title: str) -> Path:
         lines.append("")
 
     # --- validation curves -------------------------------------------------------------------
-    curves = {run.label: read_validation(study.model_dir(run) / "validation.csv") for run in study.runs}
+    curves = {run.label: read_validation(ModelDir(study.model_dir(run)).validation_csv) for run in study.runs}
     curves = {k: v for k, v in curves.items() if v}
     if curves:
         lines += ["## Validation Dice against iterations", "",

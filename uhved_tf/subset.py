@@ -118,11 +118,24 @@ class Subset(tuple):
         return out
 
 
+def subset_indices(num_modalities: int) -> list[tuple[int, ...]]:
+    """The ``2^M - 1`` non-empty subsets as channel indices, in the paper's Table 1 order (by size,
+    then by channel position): the one enumeration of subsets (training policies, losses, tables)."""
+    return [c for k in range(1, num_modalities + 1) for c in itertools.combinations(range(num_modalities), k)]
+
+
+def subset_masks(num_modalities: int) -> np.ndarray:
+    """[2^M - 1, M] float32, row i = the 0/1 availability mask of ``subset_indices(M)[i]``."""
+    masks = np.zeros((2 ** num_modalities - 1, num_modalities), np.float32)
+    for i, s in enumerate(subset_indices(num_modalities)):
+        masks[i, list(s)] = 1.0
+    return masks
+
+
 def all_subsets(modalities: Sequence[str]) -> list[Subset]:
-    """Every non-empty subset, in the paper's Table 1 order: by size, then by channel position."""
+    """Every non-empty subset of ``modalities``, in the order of :func:`subset_indices`."""
     modalities = tuple(modalities)
-    return [Subset(c, modalities) for k in range(1, len(modalities) + 1)
-            for c in itertools.combinations(modalities, k)]
+    return [Subset([modalities[i] for i in c], modalities) for c in subset_indices(len(modalities))]
 
 
 def files_from_flags(flags: dict, modalities: Sequence[str]) -> dict:

@@ -12,23 +12,20 @@ No TensorFlow import here.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from uhved_tf.errors import ConfigError
+from uhved_tf.errors import ConfigError, UhvedError
+from uhved_tf.model_dir import ModelDir
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "model_zoo"
-RESOLVED_CONFIG = "config_resolved.ini"
-METADATA = "metadata.json"
-MODEL_CARD = "MODEL_CARD.md"
 
 
 def zoo_entries(zoo_dir: Path = ZOO_DIR) -> list[Path]:
     """Model directories in the zoo (folders with a resolved config), sorted by name."""
     if not zoo_dir.is_dir():
         return []
-    return sorted(p for p in zoo_dir.iterdir() if (p / RESOLVED_CONFIG).is_file())
+    return sorted(p for p in zoo_dir.iterdir() if ModelDir(p).config.is_file())
 
 
 def resolve_model(name_or_path: str | Path, zoo_dir: Path = ZOO_DIR) -> Path:
@@ -43,9 +40,9 @@ def resolve_model(name_or_path: str | Path, zoo_dir: Path = ZOO_DIR) -> Path:
         names = ", ".join(p.name for p in zoo_entries(zoo_dir)) or "none installed"
         raise ConfigError(f'--model "{text}": no such model directory and no zoo entry of that name '
                           f"(zoo entries: {names}; `uhved_tf zoo list`)")
-    missing = [n for n in (RESOLVED_CONFIG, METADATA) if not (folder / n).is_file()]
-    if missing or not (folder / "checkpoints").is_dir():
-        what = ", ".join(missing + ([] if (folder / "checkpoints").is_dir() else ["checkpoints/"]))
+    missing = ModelDir(folder).missing_parts()
+    if missing:
+        what = ", ".join(missing)
         raise ConfigError(f"{folder}: not a trained model directory ({what} missing); it must be the "
                           f"model_dir of a finished `uhved_tf train`")
     return folder
@@ -53,11 +50,12 @@ def resolve_model(name_or_path: str | Path, zoo_dir: Path = ZOO_DIR) -> Path:
 
 def model_overrides(folder: Path) -> list[str]:
     """``SECTION.key=value`` overrides that make a copied model directory refer to itself."""
-    sets = [f"SYSTEM.model_dir={folder}", f"SYSTEM.dataset_split_file={folder / 'dataset_split.csv'}",
+    md = ModelDir(folder)
+    sets = [f"SYSTEM.model_dir={folder}", f"SYSTEM.dataset_split_file={md.split}",
             f"INFERENCE.save_seg_dir={folder / 'output'}", f"EVALUATION.save_csv_dir={folder / 'evaluation'}"]
     try:
-        pre = json.loads((folder / METADATA).read_text()).get("preprocessing") or {}
-    except (OSError, ValueError):
+        pre = (md.read_metadata() or {}).get("preprocessing") or {}
+    except UhvedError:
         pre = {}
     if pre.get("normalisation") and pre.get("histogram_ref_file"):
         landmarks = folder / Path(str(pre["histogram_ref_file"])).name
@@ -74,7 +72,7 @@ def config_for_model_dir(name_or_path: str | Path, overrides: Sequence[str] = ()
     from uhved_tf.config import load_config
 
     folder = resolve_model(name_or_path)
-    return load_config(folder / RESOLVED_CONFIG, overrides=overrides,
+    return load_config(ModelDir(folder).config, overrides=overrides,
                        set_overrides=[*model_overrides(folder), *set_overrides])
 
 
@@ -82,12 +80,12 @@ def describe(folder: Path) -> dict:
     """Name, network, modalities and the model card's first line of a model directory."""
     info = {"name": folder.name, "path": str(folder), "network": "?", "modalities": [], "summary": ""}
     try:
-        meta = json.loads((folder / METADATA).read_text())
+        meta = ModelDir(folder).read_metadata() or {}
         info["network"] = meta.get("network", "?")
         info["modalities"] = meta.get("modalities", [])
-    except (OSError, ValueError):
+    except UhvedError:
         pass
-    card = folder / MODEL_CARD
+    card = ModelDir(folder) / ModelDir.MODEL_CARD
     if card.is_file():
         for line in card.read_text(encoding="utf-8").splitlines():
             if line.strip() and not line.startswith("#"):

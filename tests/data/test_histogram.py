@@ -271,12 +271,10 @@ def test_train_landmarks_for_subjects(tmp_path, rng, foreground_only):
         subjects.append(Subject(id=f"s{i}", files=files))
     net = SimpleNamespace(cutoff=(0.01, 0.99), norm_type="percentile", foreground_type="mean_plus",
                           normalise_foreground_only=foreground_only)
-    inputs = [SimpleNamespace(axcodes=(), pixdim=(), interp_order=1) for _ in mods]
+    inputs = [SimpleNamespace(name=m, axcodes=(), pixdim=(), interp_order=1) for m in mods]
     hist = tmp_path / "model" / "hist.txt"
-    app = SimpleNamespace(cfg=SimpleNamespace(modalities=mods, modality_inputs=inputs, network=net),
-                          histogram_file=lambda: hist)
 
-    got = hs.train_landmarks_for_subjects(app, subjects)
+    got = hs.train_landmarks_for_subjects(subjects, inputs, net, hist)
 
     assert list(got) == list(mods)
     from uhved_tf.data.preprocessing import foreground_mask

@@ -12,13 +12,13 @@ import pytest
 import tensorflow as tf
 from scipy.stats import chisquare
 
-from uhved_tf.data.subsets import (POLICIES, SubsetSampler, all_subsets, policy_probabilities,
-                                   subset_masks, subset_name)
+from uhved_tf.data.subsets import POLICIES, SubsetSampler, policy_probabilities
+from uhved_tf.subset import Subset, subset_indices, subset_masks
 
 pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors
 
 M = 4
-SUBSETS = all_subsets(M)
+SUBSETS = subset_indices(M)
 N_DRAWS = 4000
 AVAILABILITY = {
     "complete": (1, 1, 1, 1),
@@ -43,7 +43,7 @@ def test_subset_masks_match_subsets():
     assert masks.shape == (15, M) and masks.dtype == np.float32
     for row, subset in zip(masks, SUBSETS):
         assert tuple(np.flatnonzero(row)) == subset
-    assert subset_name(masks[5], ("T1", "T1c", "T2", "Flair")) == "T1+T2"
+    assert Subset.from_mask(masks[5], ("T1", "T1c", "T2", "Flair")).name == "T1+T2"
 
 
 # --- policies ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import MODALITIES
-from uhved_tf.data.subsets import all_subsets
+from uhved_tf.subset import subset_indices
 from uhved_tf.evaluation.synthesis import (
     mae,
     psnr,
@@ -123,7 +123,7 @@ def test_synthesis_scores_keys_and_values(rng):
 
 
 def test_synthesis_table_markdown_layout():
-    subsets = [tuple(MODALITIES[i] for i in s) for s in all_subsets(len(MODALITIES))]
+    subsets = [tuple(MODALITIES[i] for i in s) for s in subset_indices(len(MODALITIES))]
     summary = {}
     for i, subset in enumerate(subsets):
         vals = {}

@@ -260,8 +260,8 @@ def _python_outputs(project, files, out):
     modality = {"t1": "T1", "t1ce": "T1c", "t2": "T2", "flair": "Flair"}
     case = app.load_case(Subject(files[0], {modality[m]: p for m, p in files[1].items()}), with_label=False)
     subset = tuple(m for m in project["cfg"].modalities if case.data_mask[project["cfg"].modalities.index(m)])
-    res = app.predict_case(project["model"], case, [subset])[0]
-    return app.write_outputs(case, res, out, overwrite=True)
+    res = app.predictor(project["model"])(case, [subset])[0]
+    return app.outputs.write(case, res, out, overwrite=True)
 
 
 @pytest.mark.slow
@@ -300,10 +300,12 @@ def test_client_refuses_to_overwrite_and_checks_the_metadata(project, http_serve
     assert "\n" not in str(info.value)
     meta = json.loads((project["v2"].path / "assets" / "metadata.json").read_text())
     bad = dict(meta, preprocess_settings=dict(meta["preprocess_settings"], whitening=False))
+    app = project["app"]
+    local = dict(now=app.metadata(), config_settings=app.preprocess_settings, histogram=app.model_dir.histogram)
     with pytest.raises(UhvedError, match="whitening"):
-        preprocess_settings_for(project["app"], bad, "meta.json")
+        preprocess_settings_for(app.cfg, bad, "meta.json", **local)
     with pytest.raises(UhvedError, match="label_values"):
-        preprocess_settings_for(project["app"], dict(meta, label_values=[0, 1, 2, 3]), "meta.json")
+        preprocess_settings_for(app.cfg, dict(meta, label_values=[0, 1, 2, 3]), "meta.json", **local)
 
 
 def _free_port() -> int:

@@ -4,7 +4,8 @@ with the live model's Python inference path (``WindowPredictor`` / ``predict_vol
 several subsets and batch sizes, with the posterior mean (samples 0) and with posterior samples
 (samples 2, same stateless seeds). Tolerance: 1e-5 absolute on probabilities, syntheses and
 uncertainty (measured: 0 for ``segment_volume``, ~1e-6 for ``serving_default`` batches of 2
-against single-window calls, from the batch size the convolutions see).
+against single-window calls, from the batch size the convolutions see). Test-time mirroring with
+posterior samples is checked on an untrained network saved with its whole-volume signature only.
 """
 
 from __future__ import annotations
@@ -149,8 +150,9 @@ def exported_project(tmp_path_factory) -> dict:
     app.train(progress=False)
     model = app.load_trained_model()
     t0 = time.perf_counter()
-    v1 = export_saved_model(app, model, samples=0)
-    v2 = export_saved_model(app, model)             # [INFERENCE] samples = 2, next version
+    local = (model, cfg, app.model_dir, app.metadata())
+    v1 = export_saved_model(*local, checkpoint=app.loaded_checkpoint, samples=0)
+    v2 = export_saved_model(*local, checkpoint=app.loaded_checkpoint)   # [INFERENCE] samples = 2, next version
     _CACHE.update(root=root, cfg_path=cfg_path, cfg=cfg, app=app, model=model, v1=v1, v2=v2,
                   export_seconds=time.perf_counter() - t0)
     return _CACHE
@@ -209,30 +211,6 @@ def test_export_refuses_a_window_the_network_would_shrink(window, multiple, ok):
         assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("window, mode, border", [((8, 8, 8), "gaussian", (0, 0, 0)), ((9, 6, 5), "gaussian", (1, 0, 2)),
-                                                  ((16, 12, 8), "constant", (2, 2, 0))])
-def test_in_graph_blending_weights_equal_the_numpy_ones(window, mode, border):
-    from uhved_tf.export.saved_model import _blending_weights_tf
-    from uhved_tf.inference.sliding_window import blending_weights
-    got = _blending_weights_tf(window, mode, 0.125, border).numpy()
-    np.testing.assert_array_equal(got, blending_weights(window, mode, 0.125, border))
-
-
-def test_window_seed_is_the_window_predictors():
-    from uhved_tf.export.saved_model import subset_code, window_seed
-    assert subset_code([0, 1, 0, 1]) == 10
-    assert window_seed(5, 10, call=3, flip=2) == (5, 3 * 4096 + 10 * 16 + 2)
-
-
-def test_in_graph_tiling_equals_the_numpy_grid():
-    import tensorflow as tf
-
-    from uhved_tf.export.saved_model import _axis_starts
-    from uhved_tf.inference.sliding_window import window_starts
-    for n, w, step in [(8, 8, 4), (9, 8, 4), (20, 8, 4), (21, 8, 3), (30, 8, 8), (17, 16, 1)]:
-        assert _axis_starts(tf.constant(n), w, step).numpy().tolist() == window_starts(n, w, step)
-
-
 # --------------------------------------------------------------------------------------------
 # the exported model (slow)
 # --------------------------------------------------------------------------------------------
@@ -247,7 +225,7 @@ def test_layout_metadata_and_assets(project):
     for result in (v1, v2):
         assert (result.path / "saved_model.pb").is_file()
         assert (result.path / "variables" / "variables.index").is_file()
-        assert (result.path / "assets" / "hist.txt").read_text() == project["app"].histogram_file().read_text()
+        assert (result.path / "assets" / "hist.txt").read_text() == project["app"].model_dir.histogram.read_text()
     meta = json.loads((v2.path / "assets" / "metadata.json").read_text())
     assert meta["modalities"] == list(MODALITIES)
     assert meta["label_values"] == [0, 1, 2, 4] and meta["num_classes"] == 4
@@ -256,7 +234,7 @@ def test_layout_metadata_and_assets(project):
     assert meta["inference"]["window"] == [8, 8, 8] and meta["inference"]["window_batch_size"] == 2
     assert meta["uhved_tf_version"] and meta["tensorflow_version"]
     assert meta["input_names"] == {"T1": "t1", "T1c": "t1c", "T2": "t2", "Flair": "flair"}
-    landmarks = read_landmarks(project["app"].histogram_file(), MODALITIES)
+    landmarks = read_landmarks(project["app"].model_dir.histogram, MODALITIES)
     for m in MODALITIES:
         np.testing.assert_allclose(meta["preprocessing"]["landmarks"][m], landmarks[m])
     assert meta["preprocess_settings"]["min_shape"] == [8, 8, 8] and "landmarks" not in meta["preprocess_settings"]
@@ -439,7 +417,7 @@ def test_non_variational_network_exports_without_synthesis(project, tmp_path):
     cfg = load_config(write_config(project["root"], network="u_hemis", normalisation=False, model="hemis_model"))
     app = Application(cfg)
     model = app.build_model()                     # untrained weights are enough for the round trip
-    result = export_saved_model(app, model, output=tmp_path)
+    result = export_saved_model(model, cfg, app.model_dir, app.metadata(), output=tmp_path)
     assert result.path == tmp_path / "uhemis" / "1"
     loaded = tf.saved_model.load(str(result.path))
     volume = np.random.default_rng(3).normal(size=(11, 6, 5, 4)).astype(np.float32)   # smaller than the window
@@ -455,3 +433,35 @@ def test_non_variational_network_exports_without_synthesis(project, tmp_path):
     meta = json.loads((result.path / "assets" / "metadata.json").read_text())
     assert meta["synthesises"] is False and meta["variational"] is False
     assert not (result.path / "assets" / "hist.txt").exists()
+
+
+@pytest.mark.slow
+def test_tta_with_samples_reloaded_savedmodel_equals_local_prediction(tmp_path):
+    """Test-time mirroring and posterior samples on: the reloaded SavedModel's whole-volume signature
+    equals ``predict_volume`` on the same case (only that signature is saved: ~30 s, not ~50 s)."""
+    import tensorflow as tf
+
+    from uhved_tf.export.saved_model import SEGMENT_VOLUME, ExportSettings, ServingModule
+    from uhved_tf.inference.core import TTA_FLIPS
+    from uhved_tf.inference.predictor import WindowPredictor, predict_volume
+    from uhved_tf.model.uhved import UHVED
+
+    tf.keras.utils.set_random_seed(3)
+    model = UHVED(MODALITIES, 4, base_width=2, levels=2)
+    model({"image": tf.zeros((1, 8, 8, 8, 4)), "modality_mask": tf.ones((1, 4))})
+    settings = ExportSettings(modalities=MODALITIES, label_values=(0, 1, 2, 4), window=(8, 8, 8), samples=2, seed=5,
+                              window_batch_size=2, tta=True)
+    full = ServingModule(model, settings).module
+    module = tf.Module()
+    module.model_variables, module.segment_volume = full.model_variables, full.segment_volume
+    tf.saved_model.save(module, str(tmp_path),
+                        signatures={SEGMENT_VOLUME: module.segment_volume.get_concrete_function()})
+    volume = np.random.default_rng(11).normal(size=(12, 9, 8, 4)).astype(np.float32)     # 2 x 2 x 1 windows
+    mask = np.asarray(SUBSETS["T1c+Flair"], np.float32)
+    feeds = {n: tf.constant(volume[..., i]) for i, n in enumerate(("t1", "t1c", "t2", "flair"))}
+    out = tf.saved_model.load(str(tmp_path)).signatures[SEGMENT_VOLUME](modality_mask=tf.constant(mask), **feeds)
+    local = WindowPredictor(model, [mask], samples=2, seed=5, tta=True)
+    assert local.flips == TTA_FLIPS
+    ref = predict_volume(local, volume, (8, 8, 8), overlap=0.5, batch_size=2)[0]
+    worst = _check({f"vol/{k}": v.numpy() for k, v in out.items()}, "vol", ref)
+    print(f"segment_volume with TTA and 2 samples: max |difference| {worst:.2e}")

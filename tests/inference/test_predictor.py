@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 from uhved_tf.data.subsets import subset_masks
-from uhved_tf.inference.predictor import TTA_FLIPS, WindowPredictor, predict_volume
+from uhved_tf.inference.core import TTA_FLIPS
+from uhved_tf.inference.predictor import WindowPredictor, predict_volume
 from uhved_tf.model.uhved import UHVED
 
 

@@ -86,12 +86,12 @@ def test_all_subset_posteriors_match_the_product_of_each_subset(experts):
     mus, logvars = experts
     loc, logvar = all_subset_posteriors(mus[0].astype(np.float32), logvars[0].astype(np.float32))
     assert loc.shape == mus[0].shape[:-2] + (mus[0].shape[-1], 15)   # [B, ..., C, S]
-    # Subset index s (1..15) is the bit mask of its modalities (column s - 1).
-    for s in range(1, 16):
-        members = tuple(m for m in range(M) if s >> m & 1)
+    # Column s is the s-th subset of uhved_tf.subset.subset_indices (the paper's Table 1 order).
+    from uhved_tf.subset import subset_indices
+    for s, members in enumerate(subset_indices(M)):
         ref_loc, ref_lv = np_product(mus[0], logvars[0], members)
-        np.testing.assert_allclose(loc.numpy()[..., s - 1], ref_loc, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(logvar.numpy()[..., s - 1], ref_lv, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(loc.numpy()[..., s], ref_loc, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(logvar.numpy()[..., s], ref_lv, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("pi", [(1,), (0, 3), (0, 1, 2, 3)])

@@ -26,7 +26,7 @@ import tensorflow as tf
 from tests.conftest import MODALITIES
 from uhved_tf.config import annotate_ini, load_config
 from uhved_tf.config import schema as S
-from uhved_tf.data.subsets import all_subsets
+from uhved_tf.subset import subset_indices
 from uhved_tf.errors import ConfigError
 from uhved_tf.losses import LossWeights, total_loss
 from uhved_tf.model.decoders import UNetDecoder
@@ -36,7 +36,8 @@ from uhved_tf.model.hemis_fusion import hemis_abstraction, moments_over_availabl
 from uhved_tf.model.registry import get_network_class, registered_names
 from uhved_tf.model.single import MissingModalityError, Single
 from uhved_tf.model.u_hemis import UHeMIS
-from uhved_tf.training.trainer import TrainSettings, Trainer
+from tests.training.helpers import settings
+from uhved_tf.training.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors
 
@@ -48,7 +49,7 @@ LEVELS = 3
 BASE = 2
 BATCH = 2
 DECAY = 1e-4     # non-zero, so that the weight-decay term is exercised
-SUBSETS = all_subsets(M)
+SUBSETS = subset_indices(M)
 FUSING = ("u_hemis", "hemis")  # the networks with HeMIS fusion
 POISONS = (1e30, np.inf, -np.inf, np.nan)
 
@@ -412,8 +413,8 @@ def test_two_training_iterations_through_the_trainer(name, tmp_path):
     net = build(name, **kwargs)  # a fresh model: training changes its weights
     before = [w.copy() for w in net.get_weights()]
     dataset = tf.data.Dataset.from_tensors(constant_batch()).repeat()
-    trainer = Trainer(net, TrainSettings(max_iter=2, lr=1e-3, save_every_n=0, num_classes=K), tmp_path)
-    terms = trainer.fit(dataset, progress=False)
+    trainer = Trainer(net, settings(max_iter=2, lr=1e-3, save_every_n=0, num_classes=K), tmp_path)
+    terms = trainer.fit(dataset)
     assert {"dice", "ce", "weight_decay", "total"} <= set(terms) and not {"recon", "kl"} & set(terms)
     assert all(np.isfinite(v) for v in terms.values())
     with open(tmp_path / "metrics.csv", newline="") as f:

@@ -17,13 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import MODALITIES
-from uhved_tf.data.subsets import all_subsets
+from uhved_tf.subset import subset_indices
 from uhved_tf.model.fusion import kl_to_prior, product_of_gaussians
 
 pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors
 
 M = len(MODALITIES)
-SUBSETS = all_subsets(M)
+SUBSETS = subset_indices(M)
 #: [B, D, H, W, M, C] of the expert tensors; tiny, with distinct sizes to catch axis mix-ups.
 SHAPE = (2, 3, 2, 4, M, 5)
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import MODALITIES
-from uhved_tf.data.subsets import all_subsets
+from uhved_tf.subset import subset_indices
 from uhved_tf.model.base import entropy
 from uhved_tf.model.blocks import ConvBlock, InstanceNorm, upsample2x_trilinear
 from uhved_tf.model.decoders import UNetDecoder
@@ -28,7 +28,7 @@ SIZE = 8         # window edge
 LEVELS = 3
 BASE = 2
 BATCH = 2
-SUBSETS = all_subsets(M)
+SUBSETS = subset_indices(M)
 INCOMPLETE = [s for s in SUBSETS if len(s) < M]
 
 

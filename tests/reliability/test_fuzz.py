@@ -80,7 +80,7 @@ def _use_config(cfg):
     get_network_class(cfg.network.name)
     Subset.parse(cfg.training.validation_subsets, cfg.modalities)
     app.input_specs()
-    app.inference_window()
+    app.predictor(None)
     if not cfg.network.normalisation:
         app.preprocess_settings()
     cfg.to_ini()

@@ -46,10 +46,11 @@ def _train(cfg, *args, kill=None):
 def _check_loadable(model_dir, expected_iteration):
     """The state file names a complete checkpoint: every tensor reads back (CRC-checked)."""
     import tensorflow as tf
-    from uhved_tf.training.trainer import checkpoint_dir, latest_iteration
+    from uhved_tf.model_dir import ModelDir
 
-    assert latest_iteration(model_dir) == expected_iteration
-    path = tf.train.latest_checkpoint(str(checkpoint_dir(model_dir)))
+    md = ModelDir(model_dir)
+    path = tf.train.latest_checkpoint(str(md.checkpoints))
+    assert path == md.checkpoint_path(expected_iteration)
     reader = tf.train.load_checkpoint(path)
     names = reader.get_variable_to_shape_map()
     assert len(names) > 10

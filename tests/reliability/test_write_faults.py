@@ -52,7 +52,7 @@ def earlier(data, tmp_path):
     app = Application(cfg)
     case = app.load_case(app.discover(need_label=False)[0], with_label=False)
     out = tmp_path / "out"
-    written = app.write_outputs(case, _fake_result(case), out)
+    written = app.outputs.write(case, _fake_result(case), out)
     assert len(written) == 7   # seg, 4 synth, uncertainty, prob
     return app, case, out
 
@@ -80,7 +80,7 @@ def test_full_disk_keeps_earlier_results_intact(earlier, monkeypatch, failing_ca
     before = snapshot(out)
     _fill_disk_at_call(monkeypatch, failing_call)
     with pytest.raises(DataError) as info:
-        app.write_outputs(case, _fake_result(case, seed=1), out, overwrite=True)
+        app.outputs.write(case, _fake_result(case, seed=1), out, overwrite=True)
     assert_one_line(str(info.value), str(out), case.id, "No space left on device")
     assert snapshot(out) == before, "earlier outputs changed or temporary files were left"
 
@@ -89,7 +89,7 @@ def test_full_disk_in_a_new_folder_leaves_no_partial_case(earlier, monkeypatch, 
     app, case, _ = earlier
     _fill_disk_at_call(monkeypatch, 4)
     with pytest.raises(DataError, match="No space left on device"):
-        app.write_outputs(case, _fake_result(case), tmp_path / "new")
+        app.outputs.write(case, _fake_result(case), tmp_path / "new")
     assert snapshot(tmp_path / "new") == {}
 
 
@@ -103,7 +103,7 @@ def test_unwritable_output_folder_fails_loudly(earlier, tmp_path, how):
         out.chmod(0o555)
         try:
             with pytest.raises(DataError) as info:
-                app.write_outputs(case, _fake_result(case, seed=3), out, overwrite=True)
+                app.outputs.write(case, _fake_result(case, seed=3), out, overwrite=True)
         finally:
             out.chmod(0o755)
         assert_one_line(str(info.value), str(out), "Permission denied")
@@ -112,7 +112,7 @@ def test_unwritable_output_folder_fails_loudly(earlier, tmp_path, how):
         blocker = tmp_path / "not_a_folder"
         blocker.write_text("a file where the output folder's parent should be")
         with pytest.raises(DataError) as info:
-            app.write_outputs(case, _fake_result(case, seed=3), blocker / "out")
+            app.outputs.write(case, _fake_result(case, seed=3), blocker / "out")
         assert_one_line(str(info.value), str(blocker / "out"), case.id)
         assert blocker.read_text().startswith("a file")
 
@@ -121,10 +121,10 @@ def test_existing_outputs_are_not_overwritten_without_overwrite(earlier):
     app, case, out = earlier
     before = snapshot(out)
     with pytest.raises(DataError) as info:
-        app.write_outputs(case, _fake_result(case, seed=3), out)
+        app.outputs.write(case, _fake_result(case, seed=3), out)
     assert_one_line(str(info.value), str(out / f"{case.id}_seg.nii.gz"), "--overwrite")
     assert snapshot(out) == before
-    app.write_outputs(case, _fake_result(case, seed=3), out, overwrite=True)
+    app.outputs.write(case, _fake_result(case, seed=3), out, overwrite=True)
     assert snapshot(out) != before and len(snapshot(out)) == len(before)
 
 

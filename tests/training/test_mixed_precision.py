@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.training.helpers import settings
 from uhved_tf.model.uhved import UHVED
-from uhved_tf.training.trainer import Trainer, TrainSettings
+from uhved_tf.training.trainer import Trainer
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
@@ -25,8 +26,8 @@ def test_mixed_precision_step(policy, tmp_path):
              "label": rng.integers(0, 3, size=(2, 8, 8, 8)).astype(np.int32),
              "modality_mask": np.array([[1, 0], [1, 1]], np.float32), "data_mask": np.ones((2, 2), np.float32)}
     ds = tf.data.Dataset.from_tensors(batch).repeat()
-    trainer = Trainer(model, TrainSettings(max_iter=2, lr=1e-3, save_every_n=0, num_classes=3), tmp_path)
-    terms = trainer.fit(ds, progress=False)
+    trainer = Trainer(model, settings(lr=1e-3), tmp_path)
+    terms = trainer.fit(ds)
     assert np.isfinite(terms["total"])
     out = model({"image": batch["image"], "modality_mask": batch["modality_mask"]})
     assert out["seg_logits"].dtype == tf.float32

@@ -144,8 +144,3 @@ def _check_same_grid(subject_id, ref_name, ref, name, geom, tol):
         raise DataError(
             f"subject {subject_id}: the affine of {name} ({geom.path}) differs from {ref_name} ({ref.path}) "
             f"by more than {tol} mm; co-register the images first")
-
-
-def case_output_to_file_grid(array: np.ndarray, case: Case, fill=0.0) -> np.ndarray:
-    """Working-grid crop -> full working grid (the geometry is undone by the io layer)."""
-    return pp.uncrop(array, case.box, fill=fill)

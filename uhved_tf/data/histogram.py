@@ -359,9 +359,9 @@ def read_landmarks(path, modalities: Sequence[str]) -> dict[str, np.ndarray]:
 
 # --- training from the configured subjects -------------------------------------------------------
 
-def train_landmarks_for_subjects(app, subjects) -> dict[str, np.ndarray]:
-    """Learn the landmarks of every modality of ``app.cfg`` on ``subjects`` and write them to
-    ``app.histogram_file()``.
+def train_landmarks_for_subjects(subjects, modality_inputs, net, path) -> dict[str, np.ndarray]:
+    """Learn the landmarks of every modality (input sections ``modality_inputs``, [NETWORK]
+    settings ``net``) on ``subjects`` and write them to ``path``.
 
     Each file is read with its input section's ``axcodes`` / ``pixdim`` / ``interp_order`` (the
     grid the network sees); the mask is ``[NETWORK] foreground_type``'s foreground when
@@ -374,12 +374,11 @@ def train_landmarks_for_subjects(app, subjects) -> dict[str, np.ndarray]:
     from uhved_tf.data.preprocessing import foreground_mask
     from uhved_tf.io.nifti import load_volume
 
-    cfg = app.cfg
-    net = cfg.network
     cutoff, norm_type = tuple(net.cutoff), net.norm_type
     subjects = list(subjects)
     result: dict[str, np.ndarray] = {}
-    for name, inp in zip(cfg.modalities, cfg.modality_inputs):
+    for inp in modality_inputs:
+        name = inp.name
         axcodes = tuple(inp.axcodes) or None
         pixdim = tuple(inp.pixdim) or None
         files = [(s.id, s.files.get(name)) for s in subjects]
@@ -405,5 +404,5 @@ def train_landmarks_for_subjects(app, subjects) -> dict[str, np.ndarray]:
             raise DataError(f"histogram standardisation: every {name} file is constant between the cutoffs; "
                             f"cannot learn landmarks")
         result[name] = average_landmarks(rows)
-    write_landmarks(app.histogram_file(), result)
+    write_landmarks(path, result)
     return result

@@ -1,7 +1,7 @@
 """Modality subsets and the policies that draw them during training (paper, section 2.2 and 3).
 
-Subsets are enumerated once, in the order of the original code (by size, then
-lexicographically), and a policy is a probability vector over them:
+Subsets are enumerated once (:func:`uhved_tf.subset.subset_indices`: by size, then
+lexicographically, as the original code), and a policy is a probability vector over them:
 
 * ``uniform_size`` (the paper): the subset size k is uniform in 1..n, then a subset of size k
   is uniform among the C(n, k) of that size, so P(pi) = 1 / (n * C(n, |pi|)).
@@ -17,38 +17,19 @@ so it is deterministic inside ``tf.data`` and resumable.
 
 from __future__ import annotations
 
-import itertools
 from math import comb
 
 import numpy as np
 import tensorflow as tf
 
+from uhved_tf.subset import subset_indices, subset_masks
+
 POLICIES = ("uniform_size", "uniform_subset", "prior")
 
 
-def all_subsets(num_modalities: int) -> list[tuple[int, ...]]:
-    """Non-empty subsets of range(num_modalities), by size then lexicographically."""
-    return [s for k in range(1, num_modalities + 1)
-            for s in itertools.combinations(range(num_modalities), k)]
-
-
-def subset_masks(num_modalities: int) -> np.ndarray:
-    """[2^n - 1, n] float32 matrix, row i = the availability mask of ``all_subsets(n)[i]``."""
-    subsets = all_subsets(num_modalities)
-    masks = np.zeros((len(subsets), num_modalities), np.float32)
-    for i, s in enumerate(subsets):
-        masks[i, list(s)] = 1.0
-    return masks
-
-
-def subset_name(mask, modalities) -> str:
-    from uhved_tf.subset import Subset
-    return Subset.from_mask(mask, modalities).name
-
-
 def policy_probabilities(policy: str, num_modalities: int, prior=None) -> np.ndarray:
-    """Probabilities over ``all_subsets(n)`` for a subject that has every modality."""
-    subsets = all_subsets(num_modalities)
+    """Probabilities over ``subset_indices(n)`` for a subject that has every modality."""
+    subsets = subset_indices(num_modalities)
     if policy == "uniform_size":
         p = np.array([1.0 / (num_modalities * comb(num_modalities, len(s))) for s in subsets])
     elif policy == "uniform_subset":

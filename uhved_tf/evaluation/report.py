@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,12 @@ import numpy as np
 from uhved_tf.data import preprocessing as pp
 from uhved_tf.subset import Subset
 from uhved_tf.io.atomic import atomic_write_csv, atomic_write_text
-from uhved_tf.errors import DataError
 from uhved_tf.evaluation.metrics import evaluate_case
 from uhved_tf.evaluation.synthesis import synthesis_scores, synthesis_table_markdown
-from uhved_tf.io.discovery import subjects_in
 from uhved_tf.io.nifti import to_original_grid
 
 log = logging.getLogger(__name__)
 
-REGION_KEYS = ("whole", "core", "enhancing")
 
 
 def _read_reference(path) -> tuple[np.ndarray, tuple]:
@@ -35,68 +33,65 @@ def _read_reference(path) -> tuple[np.ndarray, tuple]:
     return np.rint(data).astype(np.int32), tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
-def evaluate_subjects(app, subsets, phase="Inference", out_dir=None, progress=True, figure: bool = False) -> dict:
-    """Segmentation metrics (in the label file's grid and spacing) and, for networks that
-    synthesise, PSNR / SSIM / MAE of every synthesised modality against the real one inside the
-    brain (in the normalised space the network works in), per case and subset. ``figure``: also
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``evaluate`` scores: the subsets, in which modality order and label map."""
+
+    subsets: tuple
+    modalities: tuple
+    label_values: tuple
+    et_min_voxels: int = 0
+
+    @classmethod
+    def from_config(cls, cfg, subsets) -> "Evaluation":
+        return cls(tuple(Subset(s, cfg.modalities) for s in subsets), tuple(cfg.modalities),
+                   tuple(cfg.task.label_values), cfg.evaluation.et_min_voxels)
+
+
+def evaluate_cases(cases, count: int, predict, ev: Evaluation, models: list, out_dir: Path, progress=True,
+                   figure: bool = False) -> dict:
+    """Score ``cases`` (``(subject, preprocessed case, label file)`` triples; ``predict(case) ->
+    {subset: result}``): segmentation metrics in the label file's grid and spacing and, for
+    networks that synthesise, PSNR / SSIM / MAE of every synthesised modality against the real one
+    inside the brain (in the normalised space the network works in), per case and subset; write
+    the reports and ``models.json`` (which weights were scored) into ``out_dir``. ``figure``: also
     draw the paper's Fig. 3 for the first case."""
     from uhved_tf.training.progress import Progress
 
-    cfg = app.cfg
-    subsets = [Subset(s, cfg.modalities) for s in subsets]
-    subjects = app.discover(need_label=True)
-    split = app.split(subjects)
-    ids = set(subjects_in(split, phase))
-    chosen = [s for s in subjects if s.id in ids]
-    if not chosen:
-        raise DataError(f"no {phase} subjects with labels in {cfg.system.dataset_split_file}")
-    # One model for every subset, or one Single network per subset (train --all-subsets).
-    groups = [(a, a.load_trained_model(), group) for a, group in app.models_for_subsets(subsets)]
-    settings = app.preprocess_settings()
-    out_dir = Path(out_dir or cfg.evaluation.save_csv_dir)
+    mods = ev.modalities
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    figure_rows_done = False
-    bar = Progress(len(chosen), desc="evaluate", enabled=progress)
-    for subject in chosen:
-        case = app.load_case(subject, settings, with_label=False)
-        ref, spacing = _read_reference(subject.files[cfg.label_section])
-        by_subset = {}
-        for a, model, group in groups:
-            by_subset.update(zip(group, a.predict_case(model, case, group)))
-        results = [by_subset[s] for s in subsets]
+    bar = Progress(count, desc="evaluate", enabled=progress)
+    for subject, case, label_file in cases:
+        ref, spacing = _read_reference(label_file)
+        by_subset = predict(case)
         brain = np.any(case.image != 0, axis=-1)
         figure_rows = []
-        for subset, res in zip(subsets, results):
+        for subset in ev.subsets:
+            res = by_subset[subset]
             classes = np.argmax(res["seg_prob"], axis=-1).astype(np.int32)
-            labels = pp.unmap_labels(pp.uncrop(classes, case.box, fill=0), cfg.task.label_values, dtype=np.int32)
+            labels = pp.unmap_labels(pp.uncrop(classes, case.box, fill=0), ev.label_values, dtype=np.int32)
             pred = to_original_grid(labels, case.geometry, interp_order=0)
-            scores = evaluate_case(pred, ref, spacing, et_min_voxels=cfg.evaluation.et_min_voxels)
+            scores = evaluate_case(pred, ref, spacing, et_min_voxels=ev.et_min_voxels)
             if "synth" in res:
-                present = [m for m, on in zip(cfg.modalities, case.data_mask) if on]
-                synth = synthesis_scores(res["synth"][..., [cfg.modalities.index(m) for m in present]],
-                                         case.image[..., [cfg.modalities.index(m) for m in present]],
-                                         brain, present)
-                scores.update(synth)
+                present = [mods.index(m) for m, on in zip(mods, case.data_mask) if on]
+                scores.update(synthesis_scores(res["synth"][..., present], case.image[..., present], brain,
+                                               [mods[i] for i in present]))
             rows.append({"subject": subject.id, "subset": subset.name, **scores})
-            if figure and not figure_rows_done:
+            if figure:
                 figure_rows.append((subset, {"synth": res.get("synth", np.zeros(case.image.shape, np.float32)),
-                                             "seg": np.asarray(cfg.task.label_values)[classes]}))
-        if figure and not figure_rows_done and figure_rows:
+                                             "seg": np.asarray(ev.label_values)[classes]}))
+        if figure_rows:
             from uhved_tf.evaluation.figure import figure3
-            inputs = {m: case.image[..., i] for i, m in enumerate(cfg.modalities)}
-            show = tuple(m for m in ("Flair", "T1") if m in cfg.modalities) or tuple(cfg.modalities[:2])
-            path = figure3(inputs, figure_rows, cfg.modalities, out_dir / f"figure_{subject.id}.png", show=show)
+            inputs = {m: case.image[..., i] for i, m in enumerate(mods)}
+            show = tuple(m for m in ("Flair", "T1") if m in mods) or tuple(mods[:2])
+            path = figure3(inputs, figure_rows, mods, out_dir / f"figure_{subject.id}.png", show=show)
             log.info("figure written to %s", path)
-            figure_rows_done = True
+            figure = False
         bar.update(1, subject.id)
     bar.close()
-    summary = summarise(rows, subsets)
-    write_reports(rows, summary, subsets, cfg.modalities, out_dir)
-    # Which trained weights were scored (checkpoint = latest | best | N).
-    models = [{"model_dir": str(a.model_dir), "subsets": [s.name for s in group],
-               **{k: v for k, v in (getattr(a, "loaded_checkpoint", None) or {}).items() if k != "path"}}
-              for a, _, group in groups]
+    summary = summarise(rows, ev.subsets)
+    write_reports(rows, summary, ev.subsets, mods, out_dir)
     atomic_write_text(out_dir / "models.json", json.dumps(models, indent=2) + "\n")
     return {"rows": rows, "summary": summary, "out_dir": str(out_dir)}
 

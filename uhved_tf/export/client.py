@@ -4,7 +4,7 @@ A case (NIfTI files of any subset of the modalities) is prepared exactly as for 
 (:meth:`Application.load_case`: reorientation, resampling, crop to the brain, Nyul
 standardisation, whitening; checked against the export's ``metadata.json``), sent to the
 ``segment_volume`` signature over REST or gRPC, and the answer is written back onto the input
-files' grid by :meth:`Application.write_outputs` (segmentation in the label file's values,
+files' grid by :meth:`uhved_tf.inference.case.Outputs.write` (segmentation in the label file's values,
 synthesis of every modality, uncertainty).
 
 Requests and answers are built and parsed by pure functions (:func:`build_rest_request`,
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from uhved_tf.errors import ConfigError, DataError, UhvedError
+from uhved_tf.errors import ConfigError, UhvedError
 from uhved_tf.export.saved_model import (MASK_INPUT, METADATA_FILE, SEGMENT_VOLUME, SERVING_DEFAULT,
-                                         existing_versions, input_names, model_name_for, read_export_metadata)
+                                         existing_versions, input_names, read_export_metadata)
 
 log = logging.getLogger(__name__)
 
@@ -291,19 +291,18 @@ def predict(server: str, model: str, inputs: dict, *, protocol: str = "rest", si
 # --------------------------------------------------------------------------------------------
 # metadata: the client must prepare cases as the exported model was trained
 # --------------------------------------------------------------------------------------------
-def find_metadata(app, model: str, version: int | None, path=None) -> tuple[dict | None, Path | None]:
+def find_metadata(model_dir, model: str, version: int | None, path=None) -> tuple[dict | None, Path | None]:
     """``--metadata`` if given; else the local export ``<model_dir>/export/<model>/<version or
     latest>``; else the training ``<model_dir>/metadata.json``; else ``(None, None)``."""
     if path:
         return read_export_metadata(path), Path(path)
-    model_dir = Path(app.cfg.system.model_dir)
-    base = model_dir / "export" / model
+    base = model_dir.export_dir / model
     versions = existing_versions(base)
     chosen = version if version is not None else (max(versions) if versions else None)
     if chosen is not None and (base / str(chosen) / "assets" / METADATA_FILE).is_file():
         p = base / str(chosen) / "assets" / METADATA_FILE
         return read_export_metadata(p), p
-    p = model_dir / METADATA_FILE
+    p = model_dir.metadata
     if p.is_file():
         return read_export_metadata(p), p
     return None, None
@@ -313,21 +312,21 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
-def preprocess_settings_for(app, meta: dict | None, source=None):
-    """The :class:`PreprocessSettings` to prepare a case for the exported model.
+def preprocess_settings_for(cfg, meta: dict | None, source=None, *, now: dict, config_settings, histogram: Path):
+    """The :class:`PreprocessSettings` to prepare a case for the exported model (``now``: the
+    config's model metadata; ``config_settings()``: the config's own settings; ``histogram``: the
+    config's landmarks file).
 
     Raises :class:`ConfigError` naming the setting when the config disagrees with the metadata
     (modalities, label values, number of classes, any preprocessing parameter, landmarks). With
     an export's metadata the landmarks come from it (the config's landmarks file may be absent)."""
     from uhved_tf.data.cases import PreprocessSettings
 
-    cfg = app.cfg
     where = str(source) if source else "the export metadata"
     if meta is None:
         log.warning("no metadata.json of the exported model found (give --metadata): preparing the case from the "
                     "config alone")
-        return app.preprocess_settings()
-    now = app.metadata()
+        return config_settings()
     for key in ("modalities", "label_values", "num_classes"):
         if key in meta and _jsonable(meta[key]) != _jsonable(now[key]):
             raise ConfigError(f"{where}: the model was exported with {key} = {meta[key]} but the config says "
@@ -338,17 +337,17 @@ def preprocess_settings_for(app, meta: dict | None, source=None):
             if key != "histogram_ref_file" and _jsonable(value) != _jsonable(now["preprocessing"].get(key)):
                 raise ConfigError(f"{where}: the model was trained with preprocessing {key} = {value} but the config "
                                   f"says {now['preprocessing'].get(key)}; use the training config")
-        return app.preprocess_settings()
+        return config_settings()
     landmarks = None
     saved_landmarks = (meta.get("preprocessing") or {}).get("landmarks")
     if saved_landmarks is not None:
         landmarks = {m: np.asarray(v, np.float64) for m, v in saved_landmarks.items()}
-        if cfg.network.normalisation and app.histogram_file().exists():
+        if cfg.network.normalisation and histogram.exists():
             from uhved_tf.data.histogram import read_landmarks
-            mine = read_landmarks(app.histogram_file(), cfg.modalities)
+            mine = read_landmarks(histogram, cfg.modalities)
             for m, arr in mine.items():
                 if m not in landmarks or not np.allclose(arr, landmarks[m], rtol=1e-6, atol=1e-6):
-                    raise ConfigError(f"{where}: the Nyul landmarks of {m} in {app.histogram_file()} differ from the "
+                    raise ConfigError(f"{where}: the Nyul landmarks of {m} in {histogram} differ from the "
                                       f"exported model's; use the model's landmarks file (assets/) or the training "
                                       f"[NETWORK] histogram_ref_file")
     settings = PreprocessSettings.from_config(cfg, landmarks=landmarks)
@@ -378,7 +377,7 @@ def volume_inputs(case, modalities, names=None) -> dict:
 
 
 def outputs_to_result(outputs: dict, modalities, shape, names=None) -> dict:
-    """Signature outputs -> the ``predict_volume`` result dict that ``Application.write_outputs``
+    """Signature outputs -> the ``predict_volume`` result dict that ``Outputs.write``
     takes (``seg_prob``, ``synth`` when the model synthesises, ``uncertainty``)."""
     names = names or input_names(modalities)
     for key in ("seg_probabilities", "uncertainty"):
@@ -397,35 +396,11 @@ def outputs_to_result(outputs: dict, modalities, shape, names=None) -> dict:
     return result
 
 
-def serve_case(app, files: dict, out_dir, *, server: str, model: str | None = None, version: int | None = None,
-               protocol: str = "rest", signature: str = SEGMENT_VOLUME, subject_id: str | None = None,
-               metadata=None, overwrite: bool = False, timeout: float = DEFAULT_TIMEOUT) -> list[Path]:
-    """Prepare the case of ``files`` ({modality: path}), send it, write the outputs; returns the files."""
-    from uhved_tf.io.discovery import Subject, safe_subject_id, subject_id_for_file
-
-    cfg = app.cfg
-    if not files:
-        raise DataError(f"no input image: give at least one of --t1, --t1c, --t2, --flair "
-                        f"(modalities: {', '.join(cfg.modalities)})")
-    if signature not in SIGNATURES:
-        raise ConfigError(f'--signature "{signature}": expected one of {", ".join(SIGNATURES)}')
-    model = model or model_name_for(cfg.network.name)
-    parse_server(server)
-    meta, source = find_metadata(app, model, version, metadata)
-    settings = preprocess_settings_for(app, meta, source)
+def request_case(case, cfg, meta: dict | None, *, server: str, model: str, version: int | None = None,
+                 protocol: str = "rest", signature: str = SEGMENT_VOLUME, timeout: float = DEFAULT_TIMEOUT) -> dict:
+    """Send a prepared case to the server; its answer as a local prediction's result dict."""
     names = [(meta or {}).get("input_names", {}).get(m) for m in cfg.modalities]
     names = names if all(names) else input_names(cfg.modalities)
-    first_mod, first = next(iter(files.items()))
-    if subject_id:
-        sid = safe_subject_id(subject_id)
-    else:
-        spec = next(s for s in app.input_specs() if s.name == first_mod)
-        sid = subject_id_for_file(spec, first)
-    out_dir = Path(out_dir)
-    if not overwrite and (out_dir / f"{sid}_seg.nii.gz").exists():   # before the (long) request
-        raise DataError(f"{out_dir / f'{sid}_seg.nii.gz'} exists; pass --overwrite to replace the outputs or "
-                        f"choose another output folder")
-    case = app.load_case(Subject(sid, {m: Path(p) for m, p in files.items()}), settings, with_label=False)
     inputs = volume_inputs(case, cfg.modalities, names)
     synthesises = (meta or {}).get("synthesises", getattr(_network_class(cfg), "synthesises", False))
     wanted = ["seg_probabilities", "uncertainty"] + ([f"{n}_synth" for n in names] if synthesises else [])
@@ -435,8 +410,7 @@ def serve_case(app, files: dict, out_dir, *, server: str, model: str | None = No
                       timeout=timeout, output_names=wanted if protocol == "grpc" else None)
     if signature == SERVING_DEFAULT:
         outputs = {k: v[0] for k, v in outputs.items()}
-    result = outputs_to_result(outputs, cfg.modalities, case.image.shape[:3], names)
-    return app.write_outputs(case, result, out_dir, overwrite=overwrite)
+    return outputs_to_result(outputs, cfg.modalities, case.image.shape[:3], names)
 
 
 def _network_class(cfg):

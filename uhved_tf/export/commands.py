@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-
+from pathlib import Path
 
 MODALITY_FLAGS = ("t1", "t1c", "t2", "flair")
 
@@ -55,8 +55,10 @@ def cmd_export(args, cfg) -> int:
     from uhved_tf.application import Application
     from uhved_tf.export.saved_model import export_saved_model
 
-    result = export_saved_model(Application(cfg), output=args.output, version=args.version, samples=args.samples,
-                                overwrite=args.overwrite, model_name=args.model_name)
+    app = Application(cfg)
+    result = export_saved_model(app.load_trained_model(), cfg, app.model_dir, app.metadata(),
+                                checkpoint=app.loaded_checkpoint, output=args.output, version=args.version,
+                                samples=args.samples, overwrite=args.overwrite, model_name=args.model_name)
     inf = result.metadata["inference"]
     print(f"exported {result.model_name} version {result.version} to {result.path} in {result.seconds:.1f} s "
           f"(signatures serving_default, segment_volume; samples {inf['samples']}, seed {inf['seed']}, "
@@ -67,16 +69,41 @@ def cmd_export(args, cfg) -> int:
 
 
 def cmd_client(args, cfg) -> int:
+    """Prepare the case of the given files, send it to the server, write the outputs."""
     from uhved_tf.application import Application
-    from uhved_tf.export.client import serve_case
-
+    from uhved_tf.errors import ConfigError, DataError
+    from uhved_tf.export.client import (SIGNATURES, find_metadata, parse_server, preprocess_settings_for,
+                                        request_case)
+    from uhved_tf.export.saved_model import model_name_for
+    from uhved_tf.io.discovery import Subject, safe_subject_id, subject_id_for_file
     from uhved_tf.subset import files_from_flags
-    given = files_from_flags({f: getattr(args, f) for f in MODALITY_FLAGS}, cfg.modalities)
-    written = serve_case(Application(cfg), given, args.output, server=args.server, model=args.model,
-                         version=args.version, protocol=args.protocol, signature=args.signature,
-                         subject_id=args.subject_id, metadata=args.metadata, overwrite=args.overwrite,
-                         timeout=args.timeout)
-    print(f"wrote {len(written)} files to {args.output} (modalities {', '.join(given)}; server {args.server}, "
+
+    app = Application(cfg)
+    files = files_from_flags({f: getattr(args, f) for f in MODALITY_FLAGS}, cfg.modalities)
+    if not files:
+        raise DataError(f"no input image: give at least one of --t1, --t1c, --t2, --flair "
+                        f"(modalities: {', '.join(cfg.modalities)})")
+    if args.signature not in SIGNATURES:
+        raise ConfigError(f'--signature "{args.signature}": expected one of {", ".join(SIGNATURES)}')
+    model = args.model or model_name_for(cfg.network.name)
+    parse_server(args.server)
+    meta, source = find_metadata(app.model_dir, model, args.version, args.metadata)
+    settings = preprocess_settings_for(cfg, meta, source, now=app.metadata(), config_settings=app.preprocess_settings,
+                                       histogram=app.model_dir.histogram)
+    first_mod, first = next(iter(files.items()))
+    if args.subject_id:
+        sid = safe_subject_id(args.subject_id)
+    else:
+        sid = subject_id_for_file(next(s for s in app.input_specs() if s.name == first_mod), first)
+    out_dir = Path(args.output)
+    if not args.overwrite and (out_dir / f"{sid}_seg.nii.gz").exists():   # before the (long) request
+        raise DataError(f"{out_dir / f'{sid}_seg.nii.gz'} exists; pass --overwrite to replace the outputs or "
+                        f"choose another output folder")
+    case = app.load_case(Subject(sid, {m: Path(p) for m, p in files.items()}), settings, with_label=False)
+    result = request_case(case, cfg, meta, server=args.server, model=model, version=args.version,
+                          protocol=args.protocol, signature=args.signature, timeout=args.timeout)
+    written = app.outputs.write(case, result, out_dir, overwrite=args.overwrite)
+    print(f"wrote {len(written)} files to {args.output} (modalities {', '.join(files)}; server {args.server}, "
           f"{args.protocol})")
     return 0
 

@@ -36,9 +36,10 @@ Signatures (input and output names; ``<m>`` = each ``[MULTIMODAL] image`` name l
 
 Randomness. The number of posterior samples averaged for the segmentation (``--samples``,
 default ``[INFERENCE] samples``; 0 = decode the posterior mean) and the seed (``[SYSTEM] seed``)
-are fixed at export. Sampling is stateless and uses :class:`WindowPredictor`'s seeds: window
-batch ``k`` of a volume with subset code ``c`` (bit i = modality i present) and mirroring
-``f`` uses ``[seed, k * 4096 + c * 16 + f]`` (:func:`window_seed`). Hence
+are fixed at export. Both signatures run the inference step of :mod:`uhved_tf.inference.core`,
+the one :class:`WindowPredictor` runs, with its stateless seeds: window batch ``k`` of a volume
+with subset code ``c`` (bit i = modality i present) and mirroring ``f`` uses
+``[seed, k * 4096 + c * 16 + f]`` (:func:`~uhved_tf.inference.core.sample_seed`). Hence
 
 * ``segment_volume`` gives what ``predict_volume(WindowPredictor(model, [mask], samples, seed,
   tta), volume, window, overlap=..., blend_mode=..., border=..., batch_size=window_batch_size)``
@@ -64,16 +65,15 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-
 from uhved_tf.errors import UhvedError
+from uhved_tf.model_dir import ModelDir
 
 log = logging.getLogger(__name__)
 
 SERVING_DEFAULT = "serving_default"
 SEGMENT_VOLUME = "segment_volume"
 MASK_INPUT = "modality_mask"
-METADATA_FILE = "metadata.json"
+METADATA_FILE = ModelDir.METADATA   # an export's assets/metadata.json
 FORMAT_VERSION = 1
 #: Gaussian sigma relative to the valid window width, as ``sliding_window_inference``'s default.
 SIGMA_SCALE = 0.125
@@ -145,18 +145,6 @@ def check_window(window, multiple: int, what: str = "[INFERENCE] spatial_window_
     return window
 
 
-def subset_code(mask) -> int:
-    """Bit i set = modality i present (``WindowPredictor``'s code)."""
-    return int(sum(int(v) << i for i, v in enumerate(np.asarray(mask) > 0)))
-
-
-def window_seed(seed: int, code: int, call: int = 0, flip: int = 0) -> tuple[int, int]:
-    """The stateless seed :class:`WindowPredictor` uses for call ``call`` (window batch), subset
-    ``code`` and mirroring ``flip``; the exported graph computes the same (``_Graph.predict``'s
-    ``seed_offset + flip``); the export tests check both against ``WindowPredictor``."""
-    return int(seed), int(call) * 4096 + int(code) * 16 + int(flip)
-
-
 @dataclasses.dataclass(frozen=True)
 class ExportSettings:
     modalities: tuple[str, ...]
@@ -185,41 +173,13 @@ class ExportSettings:
 # --------------------------------------------------------------------------------------------
 # the graph
 # --------------------------------------------------------------------------------------------
-def _blending_weights_tf(window, mode, sigma_scale, border):
-    """:func:`~uhved_tf.inference.sliding_window.blending_weights` computed in the graph (float64
-    outer products in the same order, so the values are identical; checked at export)."""
-    import tensorflow as tf
-    from uhved_tf.inference.sliding_window import MIN_GAUSSIAN_WEIGHT
-
-    inner = [w - 2 * b for w, b in zip(window, border)]
-    if mode == "constant":
-        core = tf.ones(inner, tf.float64)
-    else:
-        core = tf.ones([], tf.float64)
-        for n in inner:
-            x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
-            g = np.exp(-0.5 * (x / (sigma_scale * n)) ** 2)
-            g = tf.constant(g / g.max(), tf.float64)
-            core = core[..., None] * g
-        core = tf.maximum(core / tf.reduce_max(core), MIN_GAUSSIAN_WEIGHT)
-    core = tf.cast(core, tf.float32)
-    return tf.pad(core, [[b, b] for b in border])
-
-
-def _axis_starts(n, w: int, step: int):
-    """``window_starts`` in the graph; ``n >= w`` (the volume is padded first)."""
-    import tensorflow as tf
-
-    count = (n - w) // step + 1
-    starts = tf.range(count) * step
-    return tf.cond(starts[-1] + w < n, lambda: tf.concat([starts, [n - w]], 0), lambda: starts)
-
-
 class _Graph:
-    """The network's inference step and the sliding window as TF ops (no Python state)."""
+    """The signatures' TF ops: :func:`~uhved_tf.inference.core.predict_window_batch` and
+    :func:`~uhved_tf.inference.core.sliding_window_graph` with the export settings, the outputs
+    packed along the channel axis (``seg_prob``, ``synth`` if any, ``uncertainty``)."""
 
     def __init__(self, model, settings: ExportSettings):
-        from uhved_tf.inference.predictor import TTA_FLIPS
+        from uhved_tf.inference.core import TTA_FLIPS
 
         self.model = model
         self.s = settings
@@ -227,46 +187,20 @@ class _Graph:
         self.num_classes = int(model.num_classes)
         self.synthesises = bool(getattr(model, "synthesises", False))
         self.stochastic = bool(getattr(model, "variational", False)) and settings.samples > 0
-        self.encode_once = hasattr(model, "encode") and hasattr(model, "predict_from_posteriors")
         self.flips = TTA_FLIPS if settings.tta else ((),)
         self.multiple = size_multiple(model)
 
-    # -- one batch of windows, one subset per window (WindowPredictor._predict) --------------------
-    def predict(self, windows, masks, seed_offset):
-        """``windows`` [N, d, h, w, M], ``masks`` [N, M], ``seed_offset`` int64 = k * 4096 + code * 16.
-        Returns ``seg_prob`` [N, d, h, w, K], ``synth`` [N, d, h, w, M] (if any) and ``uncertainty``
-        [N, d, h, w, 1], as :class:`WindowPredictor` (same ops, same seeds)."""
+    def predict(self, windows, masks, call):
+        """``windows`` [N, d, h, w, M], ``masks`` [N, M] (one subset when sampling), window batch
+        ``call`` -> packed [N, d, h, w, C], as a :class:`WindowPredictor`'s call ``call``."""
         import tensorflow as tf
-        from uhved_tf.model.base import entropy
+        from uhved_tf.inference.core import predict_window_batch
 
-        model = self.model
-        outputs = {}
-        weight = 1.0 / len(self.flips)
-        seed0 = tf.constant(self.s.seed, tf.int64)
-        for f_index, flip in enumerate(self.flips):
-            axes = [a + 1 for a in flip]
-            x = tf.reverse(windows, axis=axes) if axes else windows
-            sub_seed = tf.stack([seed0, seed_offset + f_index])
-            if self.encode_once:
-                out = model.predict_from_posteriors(model.fuse(model.encode(x), masks), self.s.samples, sub_seed)
-            else:
-                out = model.predict_windows(x, masks, self.s.samples, sub_seed)
-            for k, v in out.items():
-                if k == "uncertainty" or (k == "synth" and not self.synthesises):
-                    continue
-                v = tf.cast(v, tf.float32)
-                v = tf.reverse(v, axis=axes) if axes else v
-                outputs[k] = outputs[k] + weight * v if k in outputs else weight * v
-        outputs["uncertainty"] = entropy(outputs["seg_prob"])[..., None]
-        return outputs
+        out = predict_window_batch(self.model, windows, masks[None], self.s.seed, call, self.s.samples, self.flips)
+        return tf.concat([out[k][0] for k in ("seg_prob", "synth", "uncertainty") if k in out], axis=-1)
 
     def _channels(self):
         return self.num_classes + (self.num_modalities if self.synthesises else 0) + 1
-
-    def _pack(self, out):
-        import tensorflow as tf
-        parts = [out["seg_prob"]] + ([out["synth"]] if self.synthesises else []) + [out["uncertainty"]]
-        return tf.concat(parts, axis=-1)
 
     def _unpack(self, packed, names):
         """[..., C] -> the named signature outputs."""
@@ -284,34 +218,20 @@ class _Graph:
         result["uncertainty"] = packed[..., -1]
         return {n: result[n] for n in names}
 
-    def code(self, mask):
-        import tensorflow as tf
-        bits = tf.constant([1 << i for i in range(self.num_modalities)], tf.int64)
-        return tf.reduce_sum(tf.cast(mask > 0, tf.int64) * bits, axis=-1)
-
     # -- serving_default --------------------------------------------------------------------------
     def windows(self, image, mask):
         """``image`` [B, D, H, W, M], ``mask`` [B, M] -> packed [B, D, H, W, C]."""
         import tensorflow as tf
+        from uhved_tf.inference.sliding_window import multiple_pads
 
-        shape = tf.shape(image)
-        spatial = shape[1:4]
-        extra = (-spatial) % self.multiple
-        before = extra // 2
-        paddings = tf.concat([[[0, 0]], tf.stack([before, extra - before], axis=1), [[0, 0]]], axis=0)
-        x = tf.pad(image, paddings)
-        if self.stochastic:
-            codes = self.code(mask)
-            c = self._channels()
-
-            def one(args):
-                xi, mi, ci = args
-                return self._pack(self.predict(xi[None], mi[None], ci * 16))[0]
-
-            packed = tf.map_fn(one, (x, mask, codes),
-                               fn_output_signature=tf.TensorSpec([None, None, None, c], tf.float32))
+        spatial = tf.shape(image)[1:4]
+        before, after = multiple_pads(spatial, self.multiple)
+        x = tf.pad(image, tf.concat([[[0, 0]], tf.stack([before, after], axis=1), [[0, 0]]], axis=0))
+        if self.stochastic:      # each window alone, as a fresh predictor's first call (its own seed)
+            packed = tf.map_fn(lambda args: self.predict(args[0][None], args[1][None], 0)[0], (x, mask),
+                               fn_output_signature=tf.TensorSpec([None, None, None, self._channels()], tf.float32))
         else:
-            packed = self._pack(self.predict(x, mask, tf.constant(0, tf.int64)))
+            packed = self.predict(x, mask, 0)
         return tf.slice(packed, tf.concat([[0], before, [0]], 0), tf.concat([[-1], spatial, [-1]], 0))
 
     # -- segment_volume ---------------------------------------------------------------------------
@@ -319,57 +239,15 @@ class _Graph:
         """``image`` [D, H, W, M], ``mask`` [M] -> packed [D, H, W, C], blended exactly as
         :func:`~uhved_tf.inference.sliding_window.sliding_window_inference`."""
         import tensorflow as tf
+        from uhved_tf.inference.core import sliding_window_graph
 
-        window, border = self.s.window, self.s.border
-        weights = _blending_weights_tf(window, self.s.blend_mode, self.s.sigma_scale, border)
-        spatial = tf.shape(image)[:3]
-        pads = []
-        for axis, (w, b) in enumerate(zip(window, border)):
-            extra = tf.maximum(0, w - (spatial[axis] + 2 * b))
-            pads.append(tf.stack([b + extra // 2, b + extra - extra // 2]))
-        pads = tf.stack(pads)
-        padded = tf.pad(image, tf.concat([pads, [[0, 0]]], 0))
-        padded_shape = tf.shape(padded)[:3]
-        steps = [max(1, int((w - 2 * b) * (1.0 - self.s.overlap))) for w, b in zip(window, border)]
-        starts = [_axis_starts(padded_shape[a], window[a], steps[a]) for a in range(3)]
-        grid = tf.meshgrid(*starts, indexing="ij")   # C order: the last axis varies fastest
-        positions = tf.reshape(tf.stack(grid, axis=-1), [-1, 3])
-        total = tf.shape(positions)[0]
-        batch = self.s.window_batch_size
-        num_batches = (total + batch - 1) // batch
-        code = self.code(mask)
-        c = self._channels()
-        w_c = weights[..., None]
-        m = self.num_modalities
+        def predict(windows, k):
+            return self.predict(windows, tf.tile(mask[None], [tf.shape(windows)[0], 1]), k)
 
-        def take(p):
-            return tf.slice(padded, tf.concat([p, [0]], 0), [*window, m])
-
-        def body(k, acc):
-            first = k * batch
-            pos = positions[first:tf.minimum(first + batch, total)]
-            wins = tf.map_fn(take, pos, fn_output_signature=tf.TensorSpec([*window, m], tf.float32))
-            n = tf.shape(pos)[0]
-            masks = tf.tile(mask[None, :], [n, 1])
-            out = self._pack(self.predict(wins, masks, tf.cast(k, tf.int64) * 4096 + code * 16))
-
-            def add(i, acc):
-                begin = tf.concat([pos[i], [0]], 0)
-                value = tf.concat([out[i] * w_c, w_c], axis=-1)
-                size = tf.shape(value)
-                region = tf.slice(acc, begin, size)
-                acc = tf.raw_ops.TensorStridedSliceUpdate(input=acc, begin=begin, end=begin + size,
-                                                          strides=tf.ones_like(begin), value=region + value)
-                return i + 1, acc
-
-            _, acc = tf.while_loop(lambda i, _: i < n, add, (tf.constant(0), acc))
-            return k + 1, acc
-
-        acc = tf.zeros(tf.concat([padded_shape, [c + 1]], 0), tf.float32)
-        _, acc = tf.while_loop(lambda k, _: k < num_batches, body, (tf.constant(0), acc),
-                               shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None, None, c + 1])))
-        acc = tf.slice(acc, tf.concat([pads[:, 0], [0]], 0), tf.concat([spatial, [-1]], 0))
-        return acc[..., :c] / acc[..., c:]
+        s = self.s
+        return sliding_window_graph(image, s.window, predict, self._channels(), overlap=s.overlap,
+                                    blend_mode=s.blend_mode, border=s.border, batch_size=s.window_batch_size,
+                                    sigma_scale=s.sigma_scale)
 
 
 class ServingModule:
@@ -465,18 +343,19 @@ class ExportResult:
     metadata: dict
 
 
-def export_metadata(app, module: ServingModule, model_name: str, version: int, landmarks_asset: str | None) -> dict:
-    """``Application.metadata()`` + everything a client needs to prepare a case and read the outputs."""
+def export_metadata(cfg, model_dir, model_meta: dict, module: ServingModule, model_name: str, version: int,
+                    landmarks_asset: str | None) -> dict:
+    """The model's metadata (``model_meta``, as in its model directory) + everything a client needs
+    to prepare a case and read the outputs."""
     import tensorflow as tf
     from uhved_tf.data.cases import PreprocessSettings
 
-    cfg = app.cfg
     s = module.settings
-    meta = app.metadata()
+    meta = json.loads(json.dumps(model_meta))
     landmarks = None
     if cfg.network.normalisation:
         from uhved_tf.data.histogram import read_landmarks
-        landmarks = read_landmarks(app.histogram_file(), cfg.modalities)
+        landmarks = read_landmarks(model_dir.histogram, cfg.modalities)
     settings = PreprocessSettings.from_config(cfg, landmarks=landmarks)
     pre = dataclasses.asdict(settings)      # every PreprocessSettings field (the client rebuilds them)
     if pre.pop("landmarks") is not None:
@@ -505,34 +384,30 @@ def export_metadata(app, module: ServingModule, model_name: str, version: int, l
     return meta
 
 
-def export_saved_model(app, model=None, *, output: str | os.PathLike | None = None, version: int | None = None,
+def export_saved_model(model, cfg, model_dir, model_meta: dict, *, checkpoint: dict | None = None,
+                       output: str | os.PathLike | None = None, version: int | None = None,
                        samples: int | None = None, overwrite: bool = False,
                        model_name: str | None = None) -> ExportResult:
-    """Write ``<output>/<model_name>/<version>/`` (see the module docstring) from the trained model
-    of ``app`` (loaded with ``app.load_trained_model()`` when ``model`` is None)."""
+    """Write ``<output>/<model_name>/<version>/`` (see the module docstring) from the trained
+    ``model`` of ``cfg`` (its :class:`~uhved_tf.model_dir.ModelDir`, metadata and, when known, the
+    checkpoint it was restored from: ``{"checkpoint": "latest", "iteration": N}``)."""
     import tensorflow as tf
 
     t0 = time.perf_counter()
-    cfg = app.cfg
     if samples is not None and samples < 0:
         raise ExportError(f"--samples {samples}: expected 0 (posterior mean) or a positive number of samples")
     name = model_name or model_name_for(cfg.network.name)
     if not _NAME_RE.match(name):
         raise ExportError(f'model name "{name}": use letters, digits, "_", "-" and "."')
-    base = (Path(output) if output else Path(cfg.system.model_dir) / "export") / name
+    base = (Path(output) if output else model_dir.export_dir) / name
     version = resolve_version(base, version, overwrite)
     final = base / str(version)
-    if model is None:
-        model = app.load_trained_model()
-    window = check_window(app.inference_window(), size_multiple(model))
+    window = check_window(tuple(cfg.inference.spatial_window_size), size_multiple(model))
     settings = ExportSettings.from_config(cfg, window, samples)
-    from uhved_tf.inference.sliding_window import blending_weights, grid_positions
+    from uhved_tf.inference.sliding_window import grid_positions
     grid_positions(window, window, settings.overlap, settings.border)          # checks border / overlap
 
     module = ServingModule(model, settings)
-    check = _blending_weights_tf(window, settings.blend_mode, settings.sigma_scale, settings.border).numpy()
-    if not np.array_equal(check, blending_weights(window, settings.blend_mode, settings.sigma_scale, settings.border)):
-        raise RuntimeError("internal error: in-graph blending weights differ from blending_weights()")
 
     base.mkdir(parents=True, exist_ok=True)
     tmp = base / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
@@ -542,13 +417,12 @@ def export_saved_model(app, model=None, *, output: str | os.PathLike | None = No
         assets.mkdir(exist_ok=True)
         landmarks_asset = None
         if cfg.network.normalisation:
-            src = app.histogram_file()
+            src = model_dir.histogram
             landmarks_asset = src.name or "hist.txt"
             shutil.copyfile(src, assets / landmarks_asset)
-        meta = export_metadata(app, module, name, version, landmarks_asset)
-        loaded = getattr(app, "loaded_checkpoint", None)
-        if loaded:
-            meta["checkpoint"] = {"checkpoint": loaded["checkpoint"], "iteration": loaded["iteration"]}
+        meta = export_metadata(cfg, model_dir, model_meta, module, name, version, landmarks_asset)
+        if checkpoint:
+            meta["checkpoint"] = {"checkpoint": checkpoint["checkpoint"], "iteration": checkpoint["iteration"]}
         (assets / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if final.exists():          # only with overwrite (checked above)
             trash = base / f".old-{version}-{uuid.uuid4().hex[:8]}"

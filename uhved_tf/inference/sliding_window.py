@@ -10,9 +10,10 @@ probabilities, reconstructed modalities, ...); every output is blended separatel
 Geometry, per spatial axis of size ``n``, window ``w`` and border ``b``:
 
 1. The volume is padded by ``b`` voxels on each side (constant ``pad_value``), then, if still
-   smaller than the window, symmetrically up to ``w``.
+   smaller than the window, symmetrically up to ``w`` (:func:`axis_pads`).
 2. Window starts (:func:`window_starts`) tile the padded axis with step
-   ``max(1, int((w - 2b) * (1 - overlap)))``; the last window is flush with the end.
+   ``max(1, int((w - 2b) * (1 - overlap)))`` (:func:`window_steps`); the last window is flush with
+   the end.
 3. NiftyNet's ``border``: the outer ``b`` voxels on each side of each window's output are
    discarded (weight 0, :func:`blending_weights`). Because of the padding in (1) and because the
    step is computed from the valid width ``w - 2b``, every real voxel lies in the valid (non-border)
@@ -21,6 +22,11 @@ Geometry, per spatial axis of size ``n``, window ``w`` and border ``b``:
 
 Memory: the padded input, one float32 accumulator per output ``[D', H', W', K]`` and one float32
 weight map ``[D', H', W']``; windows are predicted ``batch_size`` at a time.
+
+The exported SavedModel runs the same geometry as TensorFlow ops
+(:func:`uhved_tf.inference.core.sliding_window_graph`): :func:`axis_pads` and :func:`axis_starts`
+take an array namespace ``xp`` (NumPy here, TensorFlow ops there), :func:`multiple_pads` takes
+integers or tensors, and the blending weights are this module's, as a constant.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ voxel of a window's valid output is ignored and the weighted average is defined 
 
 __all__ = [
     "BLEND_MODES",
+    "axis_pads",
+    "axis_starts",
+    "multiple_pads",
+    "window_steps",
     "window_starts",
     "grid_positions",
     "blending_weights",
@@ -101,12 +111,33 @@ def window_starts(size: int, window: int, step: int) -> list[int]:
     step = _check_int(step, "step", 1)
     if step > window:
         raise ValueError(f"step ({step}) must be <= window ({window}), otherwise the windows leave gaps")
-    if size <= window:
-        return [0]
-    starts = list(range(0, size - window + 1, step))
-    if starts[-1] + window < size:
-        starts.append(size - window)
-    return starts
+    return [int(s) for s in axis_starts(max(size, window), window, step)]
+
+
+def axis_starts(size, window: int, step: int, xp=np):
+    """:func:`window_starts` of an axis at least as long as the window, as an array:
+    ``i·step`` clamped to ``size - window``, for ``i`` up to ``ceil((size - window) / step)``."""
+    last = size - window
+    return xp.minimum(xp.arange((last + step - 1) // step + 1) * step, last)
+
+
+def axis_pads(size, window: int, border: int, xp=np):
+    """``(before, after)`` padding of an axis: ``border`` on each side, then symmetrically up to
+    ``window`` (geometry step 1)."""
+    extra = xp.maximum(0, window - (size + 2 * border))
+    return border + extra // 2, border + extra - extra // 2
+
+
+def multiple_pads(size, multiple):
+    """``(before, after)`` symmetric padding of an axis up to the next multiple of ``multiple``
+    (integers or integer tensors)."""
+    extra = -size % multiple
+    return extra // 2, extra - extra // 2
+
+
+def window_steps(window3, overlap: float, border3) -> tuple[int, ...]:
+    """Per-axis step: the windows' valid (non-border) regions overlap by ``overlap``."""
+    return tuple(max(1, int((w - 2 * b) * (1.0 - overlap))) for w, b in zip(window3, border3))
 
 
 def grid_positions(
@@ -126,10 +157,8 @@ def grid_positions(
     border3 = _triple(border, "border", 0)
     _check_border(window3, border3)
     overlap = _check_overlap(overlap)
-    per_axis = [
-        window_starts(n, w, max(1, int((w - 2 * b) * (1.0 - overlap))))
-        for n, w, b in zip(shape3, window3, border3)
-    ]
+    steps = window_steps(window3, overlap, border3)
+    per_axis = [window_starts(n, w, step) for n, w, step in zip(shape3, window3, steps)]
     return [tuple(p) for p in product(*per_axis)]  # type: ignore[misc]
 
 
@@ -197,11 +226,7 @@ def pad_to_multiple(
             f"multiple must be integer(s) >= 1, at most one per axis of the volume (shape {volume.shape}); "
             f"got {multiple!r}"
         )
-    pads = []
-    for n, m in zip(volume.shape, multiples):
-        extra = -n % m
-        pads.append((extra // 2, extra - extra // 2))
-    pads += [(0, 0)] * (volume.ndim - len(multiples))
+    pads = [multiple_pads(n, m) for n, m in zip(volume.shape, multiples)] + [(0, 0)] * (volume.ndim - len(multiples))
     crop = tuple(slice(before, before + n) for (before, _), n in zip(pads, volume.shape))
     if not any(before or after for before, after in pads):
         return volume, crop
@@ -287,10 +312,7 @@ def sliding_window_inference(
 
     # 1. pad: border margin on each side, then (symmetrically) up to the window
     spatial = vol.shape[:3]
-    pads = []
-    for n, w, b in zip(spatial, window3, border3):
-        extra = max(0, w - (n + 2 * b))
-        pads.append((b + extra // 2, b + extra - extra // 2))
+    pads = [tuple(int(p) for p in axis_pads(n, w, b)) for n, w, b in zip(spatial, window3, border3)]
     padded = np.pad(
         vol.astype(np.float32, copy=False), pads + [(0, 0)], mode="constant", constant_values=pad_value
     )

@@ -60,12 +60,6 @@ def atomic_write_text(path, text: str, encoding: str = "utf-8", fsync: bool = Fa
     return Path(path)
 
 
-def atomic_write_bytes(path, data: bytes, fsync: bool = False) -> Path:
-    with atomic_path(path, fsync=fsync) as tmp:
-        Path(tmp).write_bytes(data)
-    return Path(path)
-
-
 def atomic_write_csv(path, header, rows) -> Path:
     """``header`` then ``rows`` (sequences) as CSV, atomically."""
     import csv

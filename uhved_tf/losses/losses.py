@@ -111,9 +111,10 @@ def kl_loss(posterior_loc, posterior_logvar):
 
 
 def subset_matrix(num_modalities: int):
-    """[2^M - 1, M] float32: row S is the 0/1 mask of the S-th non-empty subset."""
-    rows = [[(s >> m) & 1 for m in range(num_modalities)] for s in range(1, 2**num_modalities)]
-    return tf.constant(rows, tf.float32)
+    """[2^M - 1, M] float32: row S is the 0/1 mask of the S-th non-empty subset
+    (:func:`uhved_tf.subset.subset_masks` as a tensor)."""
+    from uhved_tf.subset import subset_masks
+    return tf.constant(subset_masks(num_modalities))
 
 
 def _subset_precisions(expert_loc, expert_logvar):

@@ -17,15 +17,10 @@ directories) scores subset S with the network in ``<model_dir>/<S>/``
 from __future__ import annotations
 
 import dataclasses
-import logging
-import time
-from pathlib import Path
 
 from uhved_tf.errors import UhvedError
-
-log = logging.getLogger(__name__)
-
-METADATA_NAME = "metadata.json"   # the same as uhved_tf.application.METADATA_NAME (no import cycle)
+from uhved_tf.model_dir import ModelDir
+from uhved_tf.subset import Subset, all_subsets
 
 
 def is_single(cfg) -> bool:
@@ -36,83 +31,38 @@ def is_single(cfg) -> bool:
     return isinstance(cls, type) and issubclass(cls, Single)
 
 
-def subset_dir_name(subset, modalities) -> str:
-    """``("Flair", "T1c")`` -> ``"T1c+Flair"`` (channel order)."""
-    from uhved_tf.subset import Subset
-    return Subset(subset, modalities).name
+def check_single(cfg) -> None:
+    if not is_single(cfg):
+        raise UhvedError(f"--all-subsets trains the Single baseline, one network per subset; [NETWORK] name = "
+                         f"{cfg.network.name} is hetero-modal (one network for all subsets): use "
+                         f"[NETWORK] name = single (e.g. config/single.ini) or drop --all-subsets")
 
 
-def subset_model_dir(cfg, subset) -> Path:
-    return Path(cfg.system.model_dir) / subset_dir_name(subset, cfg.modalities)
+def subset_model_dir(cfg, subset) -> ModelDir:
+    return ModelDir.from_config(cfg).subset(Subset(subset, cfg.modalities).name)
 
 
 def subset_config(cfg, subset):
     """``cfg`` with ``[NETWORK] subset = subset`` and ``[SYSTEM] model_dir = <model_dir>/<subset>``;
     every other value (the split file, histogram file, output folders) is unchanged."""
-    ordered = tuple(m for m in cfg.modalities if m in subset)
-    model_dir = subset_model_dir(cfg, ordered)
-    if isinstance(cfg.system.model_dir, str):
-        model_dir = str(model_dir)
-    return dataclasses.replace(cfg, system=dataclasses.replace(cfg.system, model_dir=model_dir),
-                               network=dataclasses.replace(cfg.network, subset=ordered))
+    ordered = tuple(Subset(subset, cfg.modalities))
+    model_dir = subset_model_dir(cfg, ordered).root
+    return dataclasses.replace(cfg, system=dataclasses.replace(
+        cfg.system, model_dir=str(model_dir) if isinstance(cfg.system.model_dir, str) else model_dir),
+        network=dataclasses.replace(cfg.network, subset=ordered))
 
 
 def holds_per_subset_models(cfg) -> bool:
     """A Single config whose ``model_dir`` has no model of its own but at least one trained
     per-subset directory (as written by ``train --all-subsets``)."""
-    root = Path(cfg.system.model_dir)
-    if not root.is_dir() or (root / METADATA_NAME).exists() or not is_single(cfg):
+    root = ModelDir.from_config(cfg)
+    if not root.root.is_dir() or root.has_model() or not is_single(cfg):
         return False
-    from uhved_tf.subset import all_subsets
-    return any((root / s.name / METADATA_NAME).exists() for s in all_subsets(cfg.modalities))
+    return any(root.subset(s.name).has_model() for s in all_subsets(cfg.modalities))
 
 
 def check_subset_model(cfg, subset) -> None:
-    path = subset_model_dir(cfg, subset)
-    if not (path / METADATA_NAME).exists():
-        raise UhvedError(f"no Single model for subset {subset_dir_name(subset, cfg.modalities)} in {path}; "
+    md = subset_model_dir(cfg, subset)
+    if not md.has_model():
+        raise UhvedError(f"no Single model for subset {Subset(subset, cfg.modalities).name} in {md}; "
                          f"train it with `uhved_tf train -c CONFIG --all-subsets`")
-
-
-def train_all_subsets(cfg, subsets=None, resume: bool = False, overwrite: bool = False,
-                      progress: bool = True) -> dict[str, dict]:
-    """Train one Single network per subset (default: all 2^M - 1), one after the other.
-
-    Returns ``{subset name: final loss terms}`` (empty terms for a run that had nothing left
-    to train). Raises :class:`UhvedError` for a network that is not Single."""
-    from uhved_tf.application import Application
-    from uhved_tf.subset import Subset
-
-    if not is_single(cfg):
-        raise UhvedError(f"--all-subsets trains the Single baseline, one network per subset; [NETWORK] name = "
-                         f"{cfg.network.name} is hetero-modal (one network for all subsets): use "
-                         f"[NETWORK] name = single (e.g. config/single.ini) or drop --all-subsets")
-    subsets = list(subsets) if subsets else Subset.parse("all", cfg.modalities)
-    if cfg.network.subset:
-        log.info("--all-subsets: ignoring [NETWORK] subset = %s", ", ".join(cfg.network.subset))
-    out = {}
-    for i, subset in enumerate(subsets, 1):
-        sub_cfg = subset_config(cfg, subset)
-        name = subset_dir_name(subset, cfg.modalities)
-        log.info("[%d/%d] Single for %s in %s", i, len(subsets), name, sub_cfg.system.model_dir)
-        t0 = time.perf_counter()
-        out[name] = Application(sub_cfg).train(resume=resume, overwrite=overwrite, progress=progress)
-        log.info("[%d/%d] %s done in %.1f s", i, len(subsets), name, time.perf_counter() - t0)
-    return out
-
-
-def train_all_subsets_cli(args, cfg) -> int:
-    """``uhved_tf train --all-subsets [--subsets S] [--resume] [--overwrite]``."""
-    from uhved_tf.subset import Subset
-
-    if not args.all_subsets:
-        raise UhvedError("--subsets only goes with --all-subsets (a single network trains on its config's "
-                         "[NETWORK] subset)")
-    subsets = Subset.parse(args.subsets, cfg.modalities) if args.subsets else None
-    results = train_all_subsets(cfg, subsets, resume=args.resume, overwrite=args.overwrite,
-                                progress=not args.quiet)
-    for name, terms in results.items():
-        losses = ", ".join(f"{k} {v:.4f}" for k, v in terms.items()) if terms else "nothing left to train"
-        print(f"{name}: {losses}")
-    print(f"model directories: {cfg.system.model_dir}/<subset> ({len(results)} subsets)")
-    return 0

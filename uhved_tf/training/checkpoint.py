@@ -9,47 +9,7 @@ mismatch fails loudly on restore. The model's own (auto-numbered) name is not pa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import tensorflow as tf
-
-#: Folders of a model directory holding the rolling checkpoints and the best validation one.
-ROLLING_DIR = "checkpoints"
-BEST_DIR = "checkpoints_best"
-
-
-def saved_iterations(folder, prefix: str = "ckpt") -> list[int]:
-    """Iterations of the checkpoints in ``folder`` found from the files themselves (``PREFIX-N.index``)."""
-    out = []
-    for p in Path(folder).glob(f"{prefix}-*.index"):
-        number = p.name[len(prefix) + 1:-len(".index")]
-        if number.isdigit():
-            out.append(int(number))
-    return sorted(out)
-
-
-def find_checkpoint(model_dir, which: str = "latest") -> tuple[str, int]:
-    """The checkpoint prefix and iteration of ``which`` (``latest``, ``best`` or an iteration) in a
-    model directory. Raises ``LookupError`` with a sentence naming what is there."""
-    model_dir = Path(model_dir)
-    rolling = model_dir / ROLLING_DIR
-    have = saved_iterations(rolling)
-    listing = f"checkpoints present: {', '.join(map(str, have)) or 'none'}"
-    if which == "best":
-        best = saved_iterations(model_dir / BEST_DIR, "best")
-        if not best:
-            raise LookupError(f"no best checkpoint in {model_dir / BEST_DIR}: it is kept only when training "
-                              f"validates ([TRAINING] validation_every_n > 0 and a Validation split); {listing}")
-        return str(model_dir / BEST_DIR / f"best-{best[-1]}"), best[-1]
-    if which == "latest":
-        if not have:
-            raise LookupError(f"no checkpoint in {rolling}; train first")
-        return str(rolling / f"ckpt-{have[-1]}"), have[-1]
-    iteration = int(which)
-    if iteration not in have:
-        raise LookupError(f"no checkpoint of iteration {iteration} in {rolling}; {listing} "
-                          "(checkpoint = latest or best also work)")
-    return str(rolling / f"ckpt-{iteration}"), iteration
 
 
 def model_variables(model) -> dict:

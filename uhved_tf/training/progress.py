@@ -60,3 +60,18 @@ class Progress:
         if self.enabled and self.tty and self.count < self.total:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def window_progress(case_id):
+    """A progress bar over the sliding-window batches of one case (created on the first call,
+    when the number of windows is known)."""
+    state = {}
+
+    def update(done, total):
+        if "bar" not in state:
+            state["bar"] = Progress(total, desc=f"  {case_id} windows")
+        bar = state["bar"]
+        bar.update(done - bar.count)
+        if done >= total:
+            bar.close()
+    return update

@@ -5,67 +5,70 @@ the weighted loss of :mod:`uhved_tf.losses`, gradients (loss-scaled under ``mixe
 fused optimiser updates. One traced function is reused for every step (the per-step seed and
 learning rate are tensors/variables, never Python values that would retrace).
 
-Around it: the learning-rate schedule (``lr / lr_decay_factor ** (iteration // lr_decay_every)``),
-checkpoints with ``tf.train.CheckpointManager`` every ``save_every_n`` (and at the end, and on
-Ctrl-C), resume from the latest with optimiser state and iteration, TensorBoard scalars, a
-metrics CSV (the source of truth; TensorBoard is a view of it) and a progress bar.
+:meth:`Trainer.fit` is the loop: the learning-rate schedule (``lr / lr_decay_factor **
+(iteration // lr_decay_every)``), the step, a check that the losses are finite, then the
+callbacks of :mod:`uhved_tf.training.callbacks` (metrics CSV, TensorBoard, progress bar,
+checkpoints, validation). Checkpoints go through ``tf.train.CheckpointManager`` into the
+folders of :class:`~uhved_tf.model_dir.ModelDir`; :meth:`Trainer.restore` resumes with the
+optimiser state and the iteration.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import tensorflow as tf
 
-from uhved_tf.io.atomic import atomic_path
 from uhved_tf.losses import LossForms, LossWeights, total_loss
-from uhved_tf.training.checkpoint import BEST_DIR, ROLLING_DIR, model_checkpoint
+from uhved_tf.model_dir import ModelDir
+from uhved_tf.training.callbacks import Callback, default_callbacks
+from uhved_tf.training.checkpoint import model_checkpoint
 from uhved_tf.training.optimizer import FusedOptimizer
-from uhved_tf.training.progress import Progress
 
 log = logging.getLogger(__name__)
 
-METRIC_FIELDS = ("iteration", "lr", "total", "dice", "ce", "recon", "kl", "weight_decay", "seconds", "subsets")
+__all__ = ["TrainSettings", "Trainer", "default_callbacks"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSettings:
+    """What the loop needs of a config: the [TRAINING] keys of the same names (their defaults
+    live in the config schema), [SYSTEM] seed, the task's number of classes and the loss setup."""
+
     max_iter: int
     lr: float
-    lr_decay_factor: float = 4.0
-    lr_decay_every: int = 10000
-    save_every_n: int = 500
-    max_checkpoints: int = 100
-    tensorboard_every_n: int = 20
-    optimiser: str = "adam"
-    seed: int = 0
-    num_classes: int = 4
-    loss_weights: LossWeights = LossWeights()
-    loss_forms: LossForms = LossForms()
+    lr_decay_factor: float
+    lr_decay_every: int
+    save_every_n: int
+    max_checkpoints: int
+    tensorboard_every_n: int
+    optimiser: str
+    seed: int
+    num_classes: int
+    loss_weights: LossWeights
+    loss_forms: LossForms
+
+    TRAINING_KEYS = ("max_iter", "lr", "lr_decay_factor", "lr_decay_every", "save_every_n", "max_checkpoints",
+                     "tensorboard_every_n", "optimiser")
+
+    @classmethod
+    def from_config(cls, cfg) -> "TrainSettings":
+        t = cfg.training
+        return cls(**{k: getattr(t, k) for k in cls.TRAINING_KEYS}, seed=cfg.system.seed,
+                   num_classes=cfg.task.num_classes, loss_weights=LossWeights.from_training_settings(t),
+                   loss_forms=LossForms.from_settings(t, cfg.network))
 
     def lr_at(self, iteration: int) -> float:
         return self.lr / self.lr_decay_factor ** (iteration // max(1, self.lr_decay_every))
 
 
-def checkpoint_dir(model_dir) -> Path:
-    return Path(model_dir) / ROLLING_DIR
-
-
-def latest_iteration(model_dir) -> int | None:
-    latest = tf.train.latest_checkpoint(str(checkpoint_dir(model_dir)))
-    return int(latest.rsplit("-", 1)[1]) if latest else None
-
-
 class Trainer:
-    def __init__(self, model, settings: TrainSettings, model_dir, strategy=None):
+    def __init__(self, model, settings: TrainSettings, model_dir: ModelDir, strategy=None):
         self.model = model
         self.settings = settings
-        self.model_dir = Path(model_dir)
+        self.model_dir = model_dir if isinstance(model_dir, ModelDir) else ModelDir(model_dir)
         self.strategy = strategy or tf.distribute.get_strategy()
         log.info("training with %s on %d replica(s)", type(self.strategy).__name__,
                  self.strategy.num_replicas_in_sync)
@@ -74,18 +77,20 @@ class Trainer:
                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             self.optimizer = FusedOptimizer(settings.optimiser, settings.lr, model.trainable_variables)
         self.checkpoint = model_checkpoint(model, optimizer=self.optimizer, iteration=self.iteration)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, str(checkpoint_dir(self.model_dir)),
-                                                  max_to_keep=settings.max_checkpoints, checkpoint_name="ckpt")
-        # The best validation checkpoint, kept apart from the rolling ones.
-        self.best_manager = tf.train.CheckpointManager(self.checkpoint, str(self.model_dir / BEST_DIR),
-                                                       max_to_keep=1, checkpoint_name="best")
+        self.manager = self.checkpoint_manager()
         self._step_fn = None
+        self._last_args = None
 
     # --- checkpoints ------------------------------------------------------------------------
+    def checkpoint_manager(self, best: bool = False) -> tf.train.CheckpointManager:
+        """The manager of the rolling checkpoints (or of the one best validation checkpoint)."""
+        folder, name = self.model_dir.checkpoint_prefix(best)
+        return tf.train.CheckpointManager(self.checkpoint, str(folder), checkpoint_name=name,
+                                          max_to_keep=1 if best else self.settings.max_checkpoints)
+
     def restore(self, iteration: int | None = None) -> int:
         """Restore the latest checkpoint (or the one of ``iteration``); returns the iteration."""
-        path = self.manager.latest_checkpoint if iteration is None else str(
-            checkpoint_dir(self.model_dir) / f"ckpt-{iteration}")
+        path = self.manager.latest_checkpoint if iteration is None else self.model_dir.checkpoint_path(iteration)
         if path is None:
             return 0
         self.checkpoint.restore(path).assert_existing_objects_matched()
@@ -97,15 +102,10 @@ class Trainer:
         log.info("saved checkpoint %s", path)
         return path
 
-    best_score = None
-
     def _subset_names(self, masks) -> list[str]:
         from uhved_tf.subset import Subset
         names = getattr(self.model, "modalities", None) or [f"m{i}" for i in range(masks.shape[-1])]
         return [Subset.from_mask(row, names).name for row in masks]
-
-    def _validate(self, validator, it, writer, early_stopping) -> bool:
-        return _validation_step(self, validator, it, writer, early_stopping)
 
     # --- the step ---------------------------------------------------------------------------
     def _build_step(self):
@@ -148,133 +148,49 @@ class Trainer:
 
         return step
 
+    def step_graph(self):
+        """The graph of the traced step (cached: no retrace), for TensorBoard's Graphs tab."""
+        return self._step_fn.get_concrete_function(*self._last_args).graph
+
     # --- the loop ---------------------------------------------------------------------------
-    def fit(self, dataset, start_iteration: int = 0, progress: bool = True, on_iteration=None,
-            validator=None, validation_every_n: int = 0, early_stopping=None) -> dict:
-        """Train from ``start_iteration`` to ``max_iter``. With a ``validator`` (model -> dict with
-        ``score``), validate every ``validation_every_n`` iterations, keep the best checkpoint and
-        stop early when ``early_stopping.update(score)`` says so."""
+    def fit(self, dataset, start_iteration: int = 0, callbacks: list[Callback] | None = None) -> dict:
+        """Train from ``start_iteration`` to ``max_iter`` (or until a callback stops it); returns
+        the losses of the last step. ``callbacks``: None = :func:`default_callbacks` without a
+        progress bar or validation. Ctrl-C: the callbacks' ``on_train_end(interrupted=True)``
+        (a checkpoint is saved), then the ``KeyboardInterrupt`` goes on."""
         s = self.settings
+        callbacks = default_callbacks(s, self.model_dir, progress=False) if callbacks is None else list(callbacks)
         self.iteration.assign(start_iteration)
         if self._step_fn is None:
             self._step_fn = self._build_step()
         dist = self.strategy.experimental_distribute_dataset(dataset)
-        writer = tf.summary.create_file_writer(str(self.model_dir / "logs" / "train"))
-        csv_path = self.model_dir / "metrics.csv"
-        new_csv = not csv_path.exists()
-        if not new_csv:
-            _truncate_csv_after(csv_path, start_iteration)
-        val_csv = self.model_dir / "validation.csv"
-        if val_csv.exists():
-            # Resuming: forget validations after the checkpoint, restore the best score and the
-            # early-stopping history from those before it.
-            scores = _truncate_csv_after(val_csv, start_iteration, field="score")
-            if scores:
-                self.best_score = max(scores)
-                if early_stopping is not None:
-                    early_stopping.scores = list(scores)
-        bar = Progress(s.max_iter, start=start_iteration, desc="train", enabled=progress)
-        last_terms: dict = {}
-        it = start_iteration
-        saved_at = None
-        t_start = time.perf_counter()
-        with open(csv_path, "a", newline="") as fcsv:
-            out = csv.DictWriter(fcsv, fieldnames=METRIC_FIELDS)
-            if new_csv:
-                out.writeheader()
-            try:
-                for batch in dist:
-                    if it >= s.max_iter:
-                        break
-                    lr = s.lr_at(it)
-                    self.optimizer.learning_rate.assign(lr)
-                    seed = tf.constant([s.seed, it], tf.int64)
-                    terms = self._step_fn(batch, seed)
-                    if it == 0:   # the traced step's graph (cached: no retrace) for TensorBoard's Graphs tab
-                        with writer.as_default():
-                            tf.summary.graph(self._step_fn.get_concrete_function(batch, seed).graph)
-                    it += 1
-                    self.iteration.assign(it)
-                    subsets = ";".join(self._subset_names(terms.pop("modality_mask").numpy()))
-                    last_terms = {k: float(v) for k, v in terms.items()}
-                    if not all(math.isfinite(v) for v in last_terms.values()):
-                        raise FloatingPointError(f"non-finite loss at iteration {it}: {last_terms}")
-                    row = {"iteration": it, "lr": lr, "seconds": round(time.perf_counter() - t_start, 3),
-                           "subsets": subsets, **{k: last_terms.get(k, "") for k in METRIC_FIELDS[2:-2]}}
-                    out.writerow(row)
-                    fcsv.flush()   # one short line: a killed run loses no logged iteration
-                    if it % max(1, s.tensorboard_every_n) == 0 or it == s.max_iter or it == start_iteration + 1:
-                        with writer.as_default(step=it):
-                            tf.summary.scalar("lr", lr)
-                            for k, v in last_terms.items():
-                                tf.summary.scalar(f"loss/{k}", v)
-                    bar.update(1, f"loss {last_terms['total']:.4f}")
-                    if on_iteration is not None:
-                        on_iteration(it, last_terms)
-                    if s.save_every_n > 0 and it % s.save_every_n == 0:
-                        self.save()
-                        saved_at = it
-                    if validator is not None and validation_every_n > 0 and it % validation_every_n == 0:
-                        stop = self._validate(validator, it, writer, early_stopping)
-                        if stop:
-                            log.info("early stopping at iteration %d: no improvement of the validation score",
-                                     it)
-                            break
-            except KeyboardInterrupt:
-                bar.close()
-                if saved_at != it and it > start_iteration:
-                    log.warning("interrupted at iteration %d: saving a checkpoint before exiting", it)
-                    self.save()
-                raise
-            finally:
-                writer.flush()
-        bar.close()
-        if saved_at != it and it > start_iteration:
-            self.save()
-        return last_terms
-
-
-def _validation_step(trainer, validator, it, writer, early_stopping) -> bool:
-    t0 = time.perf_counter()
-    result = validator(trainer.model)
-    images = result.pop("images", {})
-    score = result["score"]
-    path = trainer.model_dir / "validation.csv"
-    new = not path.exists()
-    keys = sorted(result)
-    with open(path, "a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(["iteration", *keys])
-        w.writerow([it, *[result[k] for k in keys]])
-    with writer.as_default(step=it):
-        for k, v in result.items():
-            tf.summary.scalar(f"validation/{k}", v)
-        for name, img in images.items():
-            tf.summary.image(name, img[None], max_outputs=1)
-    writer.flush()
-    best = trainer.best_score
-    if best is None or score > best:
-        trainer.best_score = score
-        trainer.best_manager.save(checkpoint_number=it)
-        log.info("validation at %d: mean Dice %.4f (best so far, saved) [%.1f s]", it, score,
-                 time.perf_counter() - t0)
-    else:
-        log.info("validation at %d: mean Dice %.4f (best %.4f) [%.1f s]", it, score, best, time.perf_counter() - t0)
-    return bool(early_stopping is not None and early_stopping.update(score))
-
-
-def _truncate_csv_after(path: Path, iteration: int, field: str | None = None) -> list[float]:
-    """On resume, drop rows logged after the checkpoint we resume from (they will be redone).
-    Returns the values of column ``field`` in the rows kept."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fieldnames = reader.fieldnames or list(METRIC_FIELDS)
-        rows = list(reader)
-    keep = [r for r in rows if r.get("iteration", "").isdigit() and int(r["iteration"]) <= iteration]
-    if len(keep) != len(rows):
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fieldnames)
-            w.writeheader()
-            w.writerows(keep)
-    return [float(r[field]) for r in keep] if field else []
+        for cb in callbacks:
+            cb.on_train_begin(self, start_iteration)
+        it, terms = start_iteration, {}
+        try:
+            for batch in dist:
+                if it >= s.max_iter:
+                    break
+                lr = s.lr_at(it)
+                self.optimizer.learning_rate.assign(lr)
+                self._last_args = (batch, tf.constant([s.seed, it], tf.int64))
+                out = self._step_fn(*self._last_args)
+                it += 1
+                self.iteration.assign(it)
+                subsets = self._subset_names(out.pop("modality_mask").numpy())
+                terms = {k: float(v) for k, v in out.items()}
+                if not all(math.isfinite(v) for v in terms.values()):
+                    raise FloatingPointError(f"non-finite loss at iteration {it}: {terms}")
+                if any([cb.on_step_end(self, it, terms, lr, subsets) for cb in callbacks]):
+                    break
+        except KeyboardInterrupt:
+            for cb in callbacks:
+                cb.on_train_end(self, it, interrupted=True)
+            raise
+        else:
+            for cb in callbacks:
+                cb.on_train_end(self, it, interrupted=False)
+        finally:
+            for cb in callbacks:
+                cb.close()
+        return terms

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from uhved_tf.evaluation.metrics import dice, region_mask
+from uhved_tf.subset import Subset
 
 log = logging.getLogger(__name__)
 
@@ -26,28 +27,32 @@ LABEL_COLOURS = {0: (0, 0, 0), 1: (255, 0, 0), 2: (0, 255, 0), 4: (0, 0, 255)}
 
 
 class Validator:
-    def __init__(self, app, subjects, subsets):
-        self.app = app
-        self.subsets = [tuple(s) for s in subsets]
-        settings = app.preprocess_settings()
-        self.cases = [app.load_case(s, settings) for s in subjects]
-        self.cases = [c for c in self.cases if c.label is not None]
-        self.label_values = tuple(app.cfg.task.label_values)
+    """``validator(model) -> {"score": ..., "dice/<region>/<subset>": ..., "images": {...}}``.
 
-    def __call__(self, model) -> dict:
-        """Returns {"score": mean Dice, "dice/<region>/<subset>": ..., "images": {...}}."""
+    ``cases``: the preprocessed validation cases (with labels); ``predict(case, subsets,
+    samples=0)``: the inference step of the model being trained (it holds the model: the weights
+    change between rounds, the traced functions are reused)."""
+
+    def __init__(self, cases, subsets, predict, modalities, label_values):
+        self.cases = [c for c in cases if c.label is not None]
+        self.subsets = [tuple(s) for s in subsets]
+        self.predict = predict
+        self.modalities = tuple(modalities)
+        self.label_values = np.asarray(label_values)
+
+    def __call__(self, model=None) -> dict:
         per = {(r, s): [] for r in REGIONS for s in self.subsets}
         images = {}
         for i, case in enumerate(self.cases):
-            results = self.app.predict_case(model, case, self.subsets, samples=0)
-            ref = np.asarray(self.label_values)[case.label]
+            results = self.predict(case, self.subsets, samples=0)
+            ref = self.label_values[case.label]
             for subset, res in zip(self.subsets, results):
-                pred = np.asarray(self.label_values)[np.argmax(res["seg_prob"], axis=-1)]
+                pred = self.label_values[np.argmax(res["seg_prob"], axis=-1)]
                 for r in REGIONS:
                     per[(r, subset)].append(dice(region_mask(pred, r), region_mask(ref, r)))
             if i == 0:
                 images = self._images(case, results, ref)
-        out = {f"dice/{r}/{'+'.join(s)}": float(np.mean(v)) for (r, s), v in per.items()}
+        out = {f"dice/{r}/{Subset(s, self.modalities).name}": float(np.mean(v)) for (r, s), v in per.items()}
         for r in REGIONS:
             out[f"dice/{r}"] = float(np.mean([np.mean(per[(r, s)]) for s in self.subsets]))
         out["score"] = float(np.mean([out[f"dice/{r}"] for r in REGIONS]))
@@ -58,11 +63,11 @@ class Validator:
         z = case.image.shape[2] // 2
         full = results[int(np.argmax([len(s) for s in self.subsets]))]
         imgs = {}
-        for i, m in enumerate(self.app.cfg.modalities):
+        for i, m in enumerate(self.modalities):
             imgs[f"input/{m}"] = _gray(case.image[:, :, z, i])
             if "synth" in full:
                 imgs[f"synth/{m}"] = _gray(full["synth"][:, :, z, i])
-        pred = np.asarray(self.label_values)[np.argmax(full["seg_prob"], axis=-1)]
+        pred = self.label_values[np.argmax(full["seg_prob"], axis=-1)]
         imgs["segmentation/prediction"] = _colour(pred[:, :, z])
         imgs["segmentation/ground_truth"] = _colour(ref[:, :, z])
         return imgs
