@@ -49,13 +49,9 @@ log = logging.getLogger(__name__)
 Range = tuple[float, float]
 
 
-# --------------------------------------------------------------------------------------------- config
-
 def _as_range(value, name: str) -> Range | None:
     """``None`` / ``()`` -> None; ``(lo, hi)`` -> floats with lo <= hi."""
-    if value is None:
-        return None
-    value = tuple(value)
+    value = () if value is None else tuple(value)
     if not value:
         return None
     if len(value) != 2:
@@ -89,9 +85,7 @@ def rotation_ranges_from_config(rotation_angle=(), rotation_angle_x=(), rotation
 
 def _angle_ranges(angles_deg) -> tuple[Range, Range, Range] | None:
     """None / () / one (lo, hi) pair for every axis / three pairs -> three pairs or None."""
-    if angles_deg is None:
-        return None
-    angles_deg = tuple(angles_deg)
+    angles_deg = () if angles_deg is None else tuple(angles_deg)
     if not angles_deg:
         return None
     if len(angles_deg) == 2 and all(isinstance(v, (int, float)) for v in angles_deg):
@@ -123,20 +117,18 @@ def _normalise_axes(axes) -> tuple[int, ...]:
     return axes
 
 
-# ------------------------------------------------------------------------------------- random draws
-
-def _seed(seed) -> tf.Tensor:
+def stateless_seed(seed) -> tf.Tensor:
     """The seed as int64 [2]: int32 and int64 seeds of the same value give the same draws."""
     return tf.cast(tf.convert_to_tensor(seed), tf.int64)
 
 
 def _split(seed, n: int) -> tf.Tensor:
-    return tf.random.experimental.stateless_split(_seed(seed), n)
+    return tf.random.experimental.stateless_split(stateless_seed(seed), n)
 
 
 def _flip_signs(seed, axes: tuple[int, ...]) -> tf.Tensor:
     """[3] float32 of +-1: -1 where axis a is in ``axes`` and its coin (p = 0.5) came up."""
-    coins = tf.random.stateless_uniform([3], seed=_seed(seed)) < 0.5
+    coins = tf.random.stateless_uniform([3], seed=stateless_seed(seed)) < 0.5
     listed = tf.constant([a in axes for a in range(3)])
     return tf.where(tf.logical_and(coins, listed), -1.0, 1.0)
 
@@ -168,16 +160,13 @@ def _inverse_matrix(seed, angles, scaling, isotropic: bool) -> tf.Tensor:
     return inverse
 
 
-# --------------------------------------------------------------------------------------- resampling
-
 def _source_coordinates(matrix, in_centre, out_shape, out_centre):
     """Input coordinates ``in_centre + matrix @ (p - out_centre)`` of every output voxel p.
 
     Returns three [d, h, w] float32 tensors (one per input axis), built from broadcast 1-D ranges.
     """
-    ranges = [tf.cast(tf.range(out_shape[a]), tf.float32) - out_centre[a] for a in range(3)]
-    grids = [tf.reshape(ranges[0], [-1, 1, 1]), tf.reshape(ranges[1], [1, -1, 1]),
-             tf.reshape(ranges[2], [1, 1, -1])]
+    grids = [tf.reshape(tf.cast(tf.range(out_shape[a]), tf.float32) - out_centre[a],
+                        [-1 if b == a else 1 for b in range(3)]) for a in range(3)]
     return [in_centre[k] + matrix[k, 0] * grids[0] + matrix[k, 1] * grids[1] + matrix[k, 2] * grids[2]
             for k in range(3)]
 
@@ -237,22 +226,27 @@ def _resample(image, label, matrix, in_centre, out_shape, out_centre, interpolat
     return image, label
 
 
-def _centre(shape):
-    return (tf.cast(shape[:3], tf.float32) - 1.0) / 2.0
-
-
-# ----------------------------------------------------------------------------------------- public API
-
 def _resample_in_place(image, label, matrix):
     """Resample image (and label) about the volume centre onto the same grid, keeping static shapes."""
     shape = tf.shape(image)
-    centre = _centre(shape)
+    centre = (tf.cast(shape[:3], tf.float32) - 1.0) / 2.0
     out_image, out_label = _resample(image, label, matrix, centre, shape[:3], centre)
     out_image = tf.reshape(out_image, shape)
     out_image.set_shape(image.shape)
     if label is not None:
         out_label.set_shape(label.shape)
     return out_image, out_label
+
+
+def _plan(seed, flip_axes, angles_deg, scaling_percentage, isotropic_scaling):
+    """(flip axes, flip half-seed, ``F S^-1 R^T`` or None when rotation/scaling is off) for :func:`augment`."""
+    axes = _normalise_axes(flip_axes)
+    angles, scaling = _spatial_params(angles_deg, scaling_percentage)
+    s_flip, s_spatial = tf.unstack(_split(seed, 2))
+    if angles is None and scaling is None:
+        return axes, s_flip, None
+    matrix = _inverse_matrix(s_spatial, angles, scaling, isotropic_scaling)
+    return axes, s_flip, (_flip_signs(s_flip, axes)[:, None] * matrix if axes else matrix)
 
 
 def random_flip(image, label, seed, axes: Sequence[int] = (0, 1, 2)):
@@ -263,7 +257,7 @@ def random_flip(image, label, seed, axes: Sequence[int] = (0, 1, 2)):
     axes = _normalise_axes(axes)
     if not axes:
         return image, label
-    flips = tf.random.stateless_uniform([3], seed=_seed(seed)) < 0.5
+    flips = tf.random.stateless_uniform([3], seed=stateless_seed(seed)) < 0.5
     for a in axes:
         image = tf.cond(flips[a], lambda x=image, a=a: tf.reverse(x, [a]), lambda x=image: x)
         if label is not None:
@@ -297,14 +291,9 @@ def augment(image, label, seed, flip_axes: Sequence[int] = (), angles_deg=None,
     ``random_rotation_scaling(..., seed=split[1])``). When rotation/scaling is on, the flips are
     folded into the resampling matrix, so the window is resampled once.
     """
-    axes = _normalise_axes(flip_axes)
-    angles, scaling = _spatial_params(angles_deg, scaling_percentage)
-    s_flip, s_spatial = tf.unstack(_split(seed, 2))
-    if angles is None and scaling is None:
+    axes, s_flip, matrix = _plan(seed, flip_axes, angles_deg, scaling_percentage, isotropic_scaling)
+    if matrix is None:
         return random_flip(image, label, s_flip, axes)
-    matrix = _inverse_matrix(s_spatial, angles, scaling, isotropic_scaling)
-    if axes:
-        matrix = _flip_signs(s_flip, axes)[:, None] * matrix      # F S^-1 R^T
     return _resample_in_place(image, label, matrix)
 
 
@@ -325,9 +314,7 @@ def augment_crop(volume_image, volume_label, centre, window: Sequence[int], seed
     Returns image [w0, w1, w2, C] and label [w0, w1, w2] with static spatial shapes.
     """
     window = tuple(int(w) for w in window)
-    axes = _normalise_axes(flip_axes)
-    angles, scaling = _spatial_params(angles_deg, scaling_percentage)
-    s_flip, s_spatial = tf.unstack(_split(seed, 2))
+    axes, s_flip, matrix = _plan(seed, flip_axes, angles_deg, scaling_percentage, isotropic_scaling)
     centre = tf.cast(tf.convert_to_tensor(centre), tf.int32)
     corner = centre - tf.constant([w // 2 for w in window], tf.int32)
     shape = tf.shape(volume_image)
@@ -335,7 +322,7 @@ def augment_crop(volume_image, volume_label, centre, window: Sequence[int], seed
     out_centre = tf.constant([(w - 1) / 2.0 for w in window], tf.float32)
     in_centre = tf.cast(corner, tf.float32) + out_centre
 
-    if angles is None and scaling is None:
+    if matrix is None:
         def plain():
             img = tf.slice(volume_image, tf.concat([corner, [0]], 0), list(window) + [-1])
             lab = None if volume_label is None else tf.slice(volume_label, corner, list(window))
@@ -349,9 +336,6 @@ def augment_crop(volume_image, volume_label, centre, window: Sequence[int], seed
         inside = tf.reduce_all(corner >= 0) & tf.reduce_all(corner + window <= shape[:3])
         image, label = tf.cond(inside, plain, padded)
     else:
-        matrix = _inverse_matrix(s_spatial, angles, scaling, isotropic_scaling)
-        if axes:
-            matrix = _flip_signs(s_flip, axes)[:, None] * matrix
         image, label = _resample(volume_image, volume_label, matrix, in_centre, window, out_centre)
     image = tf.ensure_shape(image, window + (channels,))
     if label is not None:

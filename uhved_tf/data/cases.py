@@ -85,11 +85,9 @@ def load_case(subject_id: str, files: dict, settings: PreprocessSettings, with_l
     """``files`` maps modality name (and ``label_key``) to a path; absent modalities are missing."""
     volumes, geoms = {}, {}
     for m in settings.modalities:
-        if files.get(m) is None:
-            continue
-        vol, geom = load_volume(files[m], axcodes=settings.axcodes, pixdim=settings.pixdim,
-                                interp_order=settings.image_interp_order, nan_policy=settings.nan_policy)
-        volumes[m], geoms[m] = vol, geom
+        if files.get(m) is not None:
+            volumes[m], geoms[m] = load_volume(files[m], axcodes=settings.axcodes, pixdim=settings.pixdim,
+                                               interp_order=settings.image_interp_order, nan_policy=settings.nan_policy)
     if not volumes:
         raise DataError(f"subject {subject_id}: none of the modalities {list(settings.modalities)} has a file")
     ref_name = next(iter(volumes))

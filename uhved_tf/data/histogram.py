@@ -63,22 +63,9 @@ from uhved_tf.io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "STANDARD_RANGE",
-    "NORM_TYPES",
-    "N_LANDMARKS",
-    "standardise_cutoff",
-    "landmark_percentiles",
-    "landmark_indices",
-    "percentiles_for",
-    "volume_landmarks",
-    "average_landmarks",
-    "learn_landmarks",
-    "apply_landmarks",
-    "write_landmarks",
-    "read_landmarks",
-    "train_landmarks_for_subjects",
-]
+__all__ = ["STANDARD_RANGE", "NORM_TYPES", "N_LANDMARKS", "standardise_cutoff", "landmark_percentiles",
+           "landmark_indices", "percentiles_for", "volume_landmarks", "average_landmarks", "learn_landmarks",
+           "apply_landmarks", "write_landmarks", "read_landmarks", "train_landmarks_for_subjects"]
 
 STANDARD_RANGE = (0.0, 100.0)  # NiftyNet's s1, s2
 
@@ -118,8 +105,7 @@ def standardise_cutoff(cutoff=DEFAULT_CUTOFF, norm_type: str = "percentile") -> 
     values = [float(c) for c in np.ravel(np.asarray(cutoff, dtype=np.float64))]
     if len(values) < 2 or not all(math.isfinite(v) for v in values):
         return DEFAULT_CUTOFF
-    lo, hi = min(values), max(values)
-    lo, hi = max(0.0, lo), min(1.0, hi)
+    lo, hi = max(0.0, min(values)), min(1.0, max(values))
     lim_lo, lim_hi = _CUTOFF_LIMITS[key]
     return min(lo, lim_lo), max(hi, lim_hi)
 
@@ -166,8 +152,7 @@ def volume_landmarks(volume: np.ndarray, mask: np.ndarray | None = None, cutoff=
                      norm_type: str = "percentile") -> np.ndarray:
     """The 13 intensity landmarks (module docstring) of one volume over ``mask`` (all voxels when
     None or empty), float64. ``norm_type`` only affects how ``cutoff`` is standardised."""
-    sel = _masked_values(volume, mask)
-    return np.percentile(sel, landmark_percentiles(cutoff, norm_type))
+    return np.percentile(_masked_values(volume, mask), landmark_percentiles(cutoff, norm_type))
 
 
 def average_landmarks(per_volume: Iterable[np.ndarray]) -> np.ndarray:
@@ -265,12 +250,6 @@ def apply_landmarks(volume: np.ndarray, landmarks: np.ndarray, cutoff=DEFAULT_CU
     return out.astype(np.float32).reshape(v.shape)
 
 
-# --- file format -------------------------------------------------------------------------------
-
-def _format_number(value: float) -> str:
-    return repr(float(value))
-
-
 def write_landmarks(path, landmarks_by_modality: dict[str, np.ndarray]) -> None:
     """Write NiftyNet's reference file atomically (:func:`uhved_tf.io.atomic.atomic_write_text`).
 
@@ -285,7 +264,7 @@ def write_landmarks(path, landmarks_by_modality: dict[str, np.ndarray]) -> None:
         arr = np.asarray(values, dtype=np.float64).ravel()
         if arr.size != N_LANDMARKS or not np.all(np.isfinite(arr)):
             raise ValueError(f"{name}: expected {N_LANDMARKS} finite landmarks, got {arr.tolist()}")
-        lines.append(" ".join([name, *(_format_number(x) for x in arr)]) + "\n")
+        lines.append(" ".join([name, *(repr(float(x)) for x in arr)]) + "\n")
     atomic_write_text(path, "".join(lines), fsync=True)
     log.info("wrote histogram landmarks of %s to %s", ", ".join(map(str, landmarks_by_modality)), path)
 
@@ -357,8 +336,6 @@ def read_landmarks(path, modalities: Sequence[str]) -> dict[str, np.ndarray]:
     return {wanted[k]: found[k][1] for k in wanted}
 
 
-# --- training from the configured subjects -------------------------------------------------------
-
 def train_landmarks_for_subjects(subjects, modality_inputs, net, path) -> dict[str, np.ndarray]:
     """Learn the landmarks of every modality (input sections ``modality_inputs``, [NETWORK]
     settings ``net``) on ``subjects`` and write them to ``path``.
@@ -378,11 +355,8 @@ def train_landmarks_for_subjects(subjects, modality_inputs, net, path) -> dict[s
     subjects = list(subjects)
     result: dict[str, np.ndarray] = {}
     for inp in modality_inputs:
-        name = inp.name
-        axcodes = tuple(inp.axcodes) or None
-        pixdim = tuple(inp.pixdim) or None
-        files = [(s.id, s.files.get(name)) for s in subjects]
-        files = [(sid, f) for sid, f in files if f is not None]
+        name, axcodes, pixdim = inp.name, tuple(inp.axcodes) or None, tuple(inp.pixdim) or None
+        files = [(s.id, s.files[name]) for s in subjects if s.files.get(name) is not None]
         if not files:
             raise DataError(f"histogram standardisation: no training subject has a {name} file")
         log.info("learning histogram landmarks of %s on %d subjects (norm_type %s, cutoff %s)",

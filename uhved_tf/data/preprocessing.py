@@ -89,12 +89,10 @@ def crop(volume: np.ndarray, box: CropBox, fill=0.0) -> np.ndarray:
 
 
 def uncrop(array: np.ndarray, box: CropBox, fill=0.0) -> np.ndarray:
-    """Inverse of :func:`crop`: put ``array`` back into a volume of ``box.volume_shape``."""
-    out = np.full(tuple(box.volume_shape) + array.shape[3:], fill, dtype=array.dtype)
-    src = tuple(slice(max(a, 0), min(b, s)) for a, b, s in zip(box.start, box.stop, box.volume_shape))
-    dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, box.start))
-    out[src] = array[dst]
-    return out
+    """Inverse of :func:`crop`: put ``array`` back into a volume of ``box.volume_shape``, i.e. crop
+    ``array`` to the volume's box in the array's coordinates."""
+    start = tuple(-a for a in box.start)
+    return crop(array, CropBox(start, tuple(a + s for a, s in zip(start, box.volume_shape)), box.shape), fill)
 
 
 def map_labels(label: np.ndarray, label_values, source: str = "label") -> np.ndarray:

@@ -77,15 +77,13 @@ def make_training_dataset(load_case_arrays: Callable[[int], tuple], num_subjects
     window = tuple(int(w) for w in window)
     volumes_per_block = max(1, math.ceil(queue_length / sample_per_volume))
     windows_per_block = volumes_per_block * sample_per_volume
-    first_window = start_iteration * batch_size
-    start_block, skip = divmod(first_window, windows_per_block)
+    start_block, skip = divmod(start_iteration * batch_size, windows_per_block)
     subset_sampler = SubsetSampler(num_modalities, policy, prior)
     cache = CaseCache(load_case_arrays, cache_bytes)
     n = int(num_subjects)
 
     def load(index):
-        image, label, data_mask = tf.numpy_function(
-            cache, [index], [tf.float32, tf.int32, tf.float32], stateful=False)
+        image, label, data_mask = tf.numpy_function(cache, [index], [tf.float32, tf.int32, tf.float32], stateful=False)
         image.set_shape([None, None, None, num_modalities])
         label.set_shape([None, None, None])
         data_mask.set_shape([num_modalities])

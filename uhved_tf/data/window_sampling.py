@@ -29,6 +29,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import tensorflow as tf
+
+from uhved_tf.data.augmentation import stateless_seed
 from uhved_tf.errors import did_you_mean
 
 SAMPLERS = ("uniform", "balanced", "weighted")
@@ -36,11 +38,6 @@ SAMPLERS = ("uniform", "balanced", "weighted")
 #: ``corners_for('weighted', ...)`` weights foreground (label > 0) voxels this much more than
 #: background ones (NiftyNet reads a separate weight image, which uhved_tf does not load yet).
 FOREGROUND_WEIGHT = 10.0
-
-
-def _seed(seed) -> tf.Tensor:
-    """The seed as int64 [2]: int32 and int64 seeds of the same value give the same draws."""
-    return tf.cast(tf.convert_to_tensor(seed), tf.int64)
 
 
 def _window(window: Sequence[int]) -> tf.Tensor:
@@ -65,12 +62,8 @@ def corners_to_centres(corners, window: Sequence[int]) -> tf.Tensor:
 
 def uniform_corners(label_shape, window: Sequence[int], n: int, seed) -> tf.Tensor:
     """[n, 3] int32 corners uniform over all positions where ``window`` fits in ``label_shape``."""
-    w = _window(window)
     shape = tf.cast(tf.convert_to_tensor(label_shape)[:3], tf.int32)
-    span = tf.maximum(shape - w + 1, 1)
-    seeds = tf.random.experimental.stateless_split(_seed(seed), 3)
-    return tf.stack([tf.random.stateless_uniform([n], seed=seeds[a], minval=0, maxval=span[a],
-                                                 dtype=tf.int32) for a in range(3)], axis=1)
+    return _uniform_voxels(tf.maximum(shape - _window(window) + 1, 1), n, seed)
 
 
 #: The brief's name for :func:`uniform_corners` (it returns corners, like the other samplers).
@@ -78,7 +71,8 @@ uniform_centres = uniform_corners
 
 
 def _uniform_voxels(shape, n: int, seed) -> tf.Tensor:
-    seeds = tf.random.experimental.stateless_split(_seed(seed), 3)
+    """[n, 3] int32 voxels uniform over ``shape``."""
+    seeds = tf.random.experimental.stateless_split(stateless_seed(seed), 3)
     return tf.stack([tf.random.stateless_uniform([n], seed=seeds[a], minval=0, maxval=shape[a],
                                                  dtype=tf.int32) for a in range(3)], axis=1)
 
@@ -99,7 +93,7 @@ def balanced_centres(label, n: int, num_classes: int, seed) -> tf.Tensor:
     label = tf.convert_to_tensor(label)
     shape = tf.shape(label, out_type=tf.int32)
     rows = tf.reshape(label, [-1, shape[2]])                                    # [R, W]
-    s_class, s_voxel, s_fallback = tf.unstack(tf.random.experimental.stateless_split(_seed(seed), 3))
+    s_class, s_voxel, s_fallback = tf.unstack(tf.random.experimental.stateless_split(stateless_seed(seed), 3))
     row_counts = tf.stack([tf.reduce_sum(tf.cast(tf.equal(rows, tf.cast(c, rows.dtype)), tf.int32), axis=1)
                            for c in range(num_classes)])                        # [K, R]
     cumulative = tf.cumsum(row_counts, axis=1)                                  # [K, R]
@@ -141,7 +135,7 @@ def weighted_centres(weight_map, n: int, seed) -> tf.Tensor:
     rows = tf.maximum(tf.reshape(tf.cast(weight_map, tf.float32), [-1, shape[2]]), 0.0)   # [R, W]
     cumulative = tf.cumsum(tf.cast(tf.reduce_sum(rows, axis=1), tf.float64))              # [R]
     total = cumulative[-1]
-    s_row, s_col, s_fallback = tf.unstack(tf.random.experimental.stateless_split(_seed(seed), 3))
+    s_row, s_col, s_fallback = tf.unstack(tf.random.experimental.stateless_split(stateless_seed(seed), 3))
 
     def draw():
         u = tf.random.stateless_uniform([n], seed=s_row, dtype=tf.float64) * total

@@ -46,18 +46,8 @@ from uhved_tf.io.atomic import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "MODALITIES",
-    "GRADES",
-    "MANIFEST_NAME",
-    "GENERATOR_VERSION",
-    "TISSUE_NAMES",
-    "TISSUE_INTENSITY",
-    "SyntheticSubject",
-    "subject_ids",
-    "synthesize_subject",
-    "make_demo_dataset",
-]
+__all__ = ["MODALITIES", "GRADES", "MANIFEST_NAME", "GENERATOR_VERSION", "TISSUE_NAMES", "TISSUE_INTENSITY",
+           "SyntheticSubject", "subject_ids", "synthesize_subject", "make_demo_dataset"]
 
 #: Modality suffixes of the BraTS 2018 file names, in the order used throughout uhved_tf.
 MODALITIES: Tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -73,15 +63,7 @@ _MIN_COMPARTMENT_VOXELS = 12  # (necrosis: twice that)
 # Tissue classes of the internal tissue map (``SyntheticSubject.tissue``).
 BACKGROUND, CSF, GM, WM, OEDEMA, NECROSIS, ENHANCING, NON_ENHANCING = range(8)
 TISSUE_NAMES: Tuple[str, ...] = (
-    "background",
-    "csf",
-    "grey_matter",
-    "white_matter",
-    "oedema",
-    "necrosis",
-    "enhancing",
-    "non_enhancing",
-)
+    "background", "csf", "grey_matter", "white_matter", "oedema", "necrosis", "enhancing", "non_enhancing")
 #: BraTS label of each tissue class.
 _TISSUE_TO_LABEL = np.array([0, 0, 0, 0, 2, 1, 4, 1], dtype=np.uint8)
 
@@ -119,11 +101,6 @@ class SyntheticSubject:
     affine: np.ndarray
     orientation: str
     hemisphere: str
-
-
-# --------------------------------------------------------------------------------------------
-# parameters and ids
-# --------------------------------------------------------------------------------------------
 
 
 def _check_params(
@@ -164,27 +141,18 @@ def _subject_id(grade: str, number: int) -> str:
 
 def subject_ids(n_subjects: int) -> List[str]:
     """Ids that :func:`make_demo_dataset` produces for ``n_subjects`` (HGG first, then LGG)."""
-    n_hgg, n_lgg = _grade_counts(int(n_subjects))
-    return [_subject_id("HGG", k) for k in range(1, n_hgg + 1)] + [
-        _subject_id("LGG", k) for k in range(1, n_lgg + 1)
-    ]
+    return [_subject_id(g, k) for g, n in zip(GRADES, _grade_counts(int(n_subjects))) for k in range(1, n + 1)]
 
 
 def _grade_of(subject_id: str) -> str:
     return subject_id.split("_")[2]
 
 
-# --------------------------------------------------------------------------------------------
-# random fields
-# --------------------------------------------------------------------------------------------
-
-
 def _bspline_weights(n: int, c: int) -> np.ndarray:
     """(n, c) cubic B-spline weights sampling ``n`` points evenly inside a ``c``-knot grid."""
     x = np.linspace(1.0, c - 2.0, n)[:, None] - np.arange(c)[None, :]
     t = np.abs(x)
-    w = np.where(t < 1.0, 2.0 / 3.0 - t**2 + 0.5 * t**3, np.where(t < 2.0, (2.0 - t) ** 3 / 6.0, 0.0))
-    return w
+    return np.where(t < 1.0, 2.0 / 3.0 - t**2 + 0.5 * t**3, np.where(t < 2.0, (2.0 - t) ** 3 / 6.0, 0.0))
 
 
 def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], cells: int) -> np.ndarray:
@@ -204,11 +172,6 @@ def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], cells: int) ->
 def _rotation(rng: np.random.Generator) -> np.ndarray:
     q, r = np.linalg.qr(rng.standard_normal((3, 3)))
     return q * np.sign(np.diag(r))
-
-
-# --------------------------------------------------------------------------------------------
-# anatomy
-# --------------------------------------------------------------------------------------------
 
 
 def _brain_radius(p0, p1, p2, axes) -> np.ndarray:
@@ -350,19 +313,14 @@ def _orientation_affine(
     orientation: str, shape: Tuple[int, int, int], spacing: Tuple[float, float, float], shift: np.ndarray
 ) -> Tuple[np.ndarray, Tuple[int, ...]]:
     """Affine for ``orientation`` (axis codes of the voxel axes) and the voxel axes to flip."""
-    canonical = "RAS"
     n = np.asarray(shape, dtype=np.float64)
     s = np.asarray(spacing, dtype=np.float64)
     origin = -(n - 1) / 2.0 * s + shift  # world position of RAS voxel (0, 0, 0)
-    flips = tuple(a for a in range(3) if orientation[a] != canonical[a])
+    flips = tuple(a for a in range(3) if orientation[a] != "RAS"[a])
     affine = np.eye(4)
     for a in range(3):
-        if a in flips:
-            affine[a, a] = -s[a]
-            affine[a, 3] = origin[a] + (n[a] - 1) * s[a]
-        else:
-            affine[a, a] = s[a]
-            affine[a, 3] = origin[a]
+        affine[a, a] = -s[a] if a in flips else s[a]
+        affine[a, 3] = origin[a] + (n[a] - 1) * s[a] if a in flips else origin[a]
     # NIfTI stores the affine as float32: keep it exactly representable so the matrix read back
     # from any of the files equals this one.
     return affine.astype(np.float32).astype(np.float64), flips
@@ -410,24 +368,10 @@ def synthesize_subject(
     )
 
 
-# --------------------------------------------------------------------------------------------
-# writing
-# --------------------------------------------------------------------------------------------
-
-
 def _manifest(n_subjects, shape, spacing, seed, complete: bool) -> dict:
-    return {
-        "format": _MANIFEST_FORMAT,
-        "generator_version": GENERATOR_VERSION,
-        "parameters": {
-            "n_subjects": n_subjects,
-            "shape": list(shape),
-            "spacing": list(spacing),
-            "seed": seed,
-        },
-        "subjects": subject_ids(n_subjects),
-        "complete": complete,
-    }
+    return {"format": _MANIFEST_FORMAT, "generator_version": GENERATOR_VERSION,
+            "parameters": {"n_subjects": n_subjects, "shape": list(shape), "spacing": list(spacing), "seed": seed},
+            "subjects": subject_ids(n_subjects), "complete": complete}
 
 
 def _read_manifest(path: Path) -> Optional[dict]:
@@ -438,16 +382,8 @@ def _read_manifest(path: Path) -> Optional[dict]:
     return data if isinstance(data, dict) else None
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
-def _subject_dir(out: Path, subject_id: str) -> Path:
-    return out / _grade_of(subject_id) / subject_id
-
-
 def _subject_files(out: Path, subject_id: str) -> List[Path]:
-    d = _subject_dir(out, subject_id)
+    d = out / _grade_of(subject_id) / subject_id
     return [d / f"{subject_id}_{suffix}.nii.gz" for suffix in MODALITIES + ("seg",)]
 
 
@@ -512,10 +448,8 @@ def make_demo_dataset(
         resumable = existing in (expected, dict(expected, complete=False))
         found = _first_nifti(out)
         if found is not None and not resumable:
-            raise DataError(
-                f"{out}: folder already contains NIfTI files (e.g. {found.relative_to(out)}) that are not "
-                f"the demo data set requested; use an empty folder or overwrite=True"
-            )
+            raise DataError(f"{out}: folder already contains NIfTI files (e.g. {found.relative_to(out)}) that are "
+                            "not the demo data set requested; use an empty folder or overwrite=True")
 
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
@@ -528,33 +462,20 @@ def make_demo_dataset(
                         shutil.rmtree(child)
         foreign = _first_nifti(out)
         if foreign is not None:
-            logger.warning(
-                "%s: overwrite=True keeps NIfTI files that are not demo subjects (e.g. %s)",
-                out,
-                foreign.relative_to(out),
-            )
+            logger.warning("%s: overwrite=True keeps NIfTI files that are not demo subjects (e.g. %s)",
+                           out, foreign.relative_to(out))
     incomplete = _manifest(n_subjects, shape_t, spacing_t, seed, complete=False)
-    _write_text_atomic(manifest_path, json.dumps(incomplete, indent=2))
+    atomic_write_text(manifest_path, json.dumps(incomplete, indent=2))
 
     t0 = time.perf_counter()
     for sid in ids:
         grade = _grade_of(sid)
         subject = synthesize_subject(grade, int(sid.rsplit("_", 1)[1]), shape_t, spacing_t, seed)
-        sdir = _subject_dir(out, sid)
-        sdir.mkdir(parents=True, exist_ok=True)
-        files = _subject_files(out, sid)
         arrays = [subject.images[m] for m in MODALITIES] + [subject.seg]
-        for array, path in zip(arrays, files):
+        for array, path in zip(arrays, _subject_files(out, sid)):  # atomic_path creates the folders
             _save_nifti(array, subject.affine, spacing_t, path)
         logger.debug("Wrote %s (%s, orientation %s)", sid, grade, subject.orientation)
-    _write_text_atomic(manifest_path, json.dumps(expected, indent=2))
-    logger.info(
-        "Wrote synthetic demo data set to %s: %d subjects, shape %s, spacing %s mm, seed %d (%.1f s)",
-        out,
-        n_subjects,
-        shape_t,
-        spacing_t,
-        seed,
-        time.perf_counter() - t0,
-    )
+    atomic_write_text(manifest_path, json.dumps(expected, indent=2))
+    logger.info("Wrote synthetic demo data set to %s: %d subjects, shape %s, spacing %s mm, seed %d (%.1f s)",
+                out, n_subjects, shape_t, spacing_t, seed, time.perf_counter() - t0)
     return ids

@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,22 +57,10 @@ RESULT_FIELDS = (
 )
 """Keys of every :func:`compare` entry, in CSV column order. ``mean_diff`` = mean of B - A."""
 
-__all__ = [
-    "PER_CASE_FILE",
-    "N_SMALL",
-    "MEAN_ROW",
-    "HIGHER_IS_BETTER",
-    "RESULT_FIELDS",
-    "load_per_case",
-    "compare",
-    "compare_markdown",
-    "compare_csv",
-]
+__all__ = ["PER_CASE_FILE", "N_SMALL", "MEAN_ROW", "HIGHER_IS_BETTER", "RESULT_FIELDS", "load_per_case", "compare",
+           "compare_markdown", "compare_csv"]
 
 
-# --------------------------------------------------------------------------------------------------
-# reading
-# --------------------------------------------------------------------------------------------------
 def load_per_case(path) -> list[dict]:
     """Rows of a ``per_case.csv`` (or of ``DIR/per_case.csv`` when ``path`` is a directory).
 
@@ -111,9 +99,7 @@ def load_per_case(path) -> list[dict]:
             raise DataError(f"{path}, line {line}: subject {key[0]!r} with subset {key[1]!r} appears twice")
         seen.add(key)
         row: dict = {"subject": rec["subject"], "subset": rec["subset"]}
-        for col in header:
-            if col in ("subject", "subset"):
-                continue
+        for col in [c for c in header if c not in ("subject", "subset")]:
             text = rec[col].strip()
             try:
                 row[col] = float(text) if text else math.nan
@@ -126,9 +112,6 @@ def load_per_case(path) -> list[dict]:
     return rows
 
 
-# --------------------------------------------------------------------------------------------------
-# statistics
-# --------------------------------------------------------------------------------------------------
 def _direction(metric: str, higher_is_better: bool | None) -> bool:
     if higher_is_better is not None:
         return bool(higher_is_better)
@@ -161,33 +144,11 @@ def _entry(subset: str, region: str, metric: str, a: np.ndarray, b: np.ndarray, 
     statistic, p = _wilcoxon(a, b)
     mean_a = float(np.mean(a)) if n else math.nan
     mean_b = float(np.mean(b)) if n else math.nan
-    better = None
-    if n and mean_a != mean_b:
-        better = "A" if (mean_a > mean_b) == higher else "B"
-    return {
-        "subset": subset,
-        "region": region,
-        "metric": metric,
-        "mean_a": mean_a,
-        "mean_b": mean_b,
-        "mean_diff": float(np.mean(b - a)) if n else math.nan,
-        "n": n,
-        "n_only_a": n_only_a,
-        "n_only_b": n_only_b,
-        "n_dropped_nonfinite": dropped,
-        "statistic": statistic,
-        "p_value": p,
-        "significant": bool(n and p < alpha),
-        "better": better,
-        "n_small": n < N_SMALL,
-    }
-
-
-def _ordered_subsets(rows_a: Iterable[Mapping], rows_b: Iterable[Mapping]) -> list[str]:
-    names: dict[str, None] = {}
-    for r in list(rows_a) + list(rows_b):
-        names.setdefault(r["subset"], None)
-    return list(names)
+    better = ("A" if (mean_a > mean_b) == higher else "B") if n and mean_a != mean_b else None
+    return {"subset": subset, "region": region, "metric": metric, "mean_a": mean_a, "mean_b": mean_b,
+            "mean_diff": float(np.mean(b - a)) if n else math.nan, "n": n, "n_only_a": n_only_a,
+            "n_only_b": n_only_b, "n_dropped_nonfinite": dropped, "statistic": statistic, "p_value": p,
+            "significant": bool(n and p < alpha), "better": better, "n_small": n < N_SMALL}
 
 
 def compare(
@@ -241,7 +202,7 @@ def compare(
     result: list[dict] = []
     # subject -> region -> list of (a, b) over the subsets, for the Mean row
     per_subject: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    subset_names = _ordered_subsets(rows_a, rows_b)
+    subset_names = list(dict.fromkeys(r["subset"] for r in [*rows_a, *rows_b]))
     for subset in subset_names:
         sa, sb = by_a.get(subset, {}), by_b.get(subset, {})
         paired = [s for s in sa if s in sb]
@@ -265,9 +226,6 @@ def compare(
     return result
 
 
-# --------------------------------------------------------------------------------------------------
-# writing
-# --------------------------------------------------------------------------------------------------
 def _cell(value: float, metric: str) -> str:
     if value is None or math.isnan(value):
         return "–"
@@ -295,10 +253,7 @@ def compare_markdown(
     """
     modalities = list(modalities)
     lookup = {(e["subset"], e["region"]): e for e in result}
-    regions: list[str] = []
-    for e in result:
-        if e["region"] not in regions:
-            regions.append(e["region"])
+    regions = list(dict.fromkeys(e["region"] for e in result))
     metric = result[0]["metric"] if result else "dice"
     unit = "%" if metric in ("dice", "sensitivity", "specificity") else ("mm" if metric.startswith("hd") else "")
     unit_txt = f" ({unit})" if unit else ""
@@ -335,11 +290,8 @@ def compare_markdown(
         lines.append("| " + " | ".join(marks + cells(Subset(subset, modalities).name)) + " |")
     if any(e["subset"] == MEAN_ROW for e in result):
         lines.append("| " + " | ".join([MEAN_ROW] + [""] * (len(modalities) - 1) + cells(MEAN_ROW)) + " |")
-    lines.append("")
-    lines.append(
-        f"A = {name_a}, B = {name_b}. Bold: better mean over the paired cases; \\*: two-sided Wilcoxon "
-        "signed-rank test significant (p < alpha, no multiple-comparison correction); n: paired cases."
-    )
+    lines += ["", f"A = {name_a}, B = {name_b}. Bold: better mean over the paired cases; \\*: two-sided Wilcoxon "
+              "signed-rank test significant (p < alpha, no multiple-comparison correction); n: paired cases."]
     return "\n".join(lines) + "\n"
 
 

@@ -147,8 +147,7 @@ def figure3(
     except ImportError as err:  # optional dependency
         raise ImportError("figure3 needs matplotlib: pip install matplotlib") from err
 
-    modalities = list(modalities)
-    show = list(show)
+    modalities, show = list(modalities), list(show)
     if not rows:
         raise ValueError("rows is empty: give at least one (subset, outputs) row")
     for name in show:
@@ -203,8 +202,7 @@ def figure3(
 
     titles = list(modalities) + [f"synth. {m}" for m in show] + ["segmentation"]
     for r, (subset, outputs) in enumerate(rows):
-        synth = np.asarray(outputs["synth"])
-        seg = np.asarray(outputs["seg"])
+        synth, seg = np.asarray(outputs["synth"]), np.asarray(outputs["seg"])
         for c, m in enumerate(modalities):
             ax = axes[r, c]
             if m in subset:
@@ -221,8 +219,7 @@ def figure3(
     for c, title in enumerate(titles):
         axes[0, c].set_title(title, fontsize=9)
     for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
 
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -49,22 +49,10 @@ logger = logging.getLogger(__name__)
 REGIONS: dict[str, tuple[int, ...]] = {"whole": (1, 2, 4), "core": (1, 4), "enhancing": (4,)}
 """BraTS label values that make up each evaluated region."""
 
-__all__ = [
-    "REGIONS",
-    "region_mask",
-    "dice",
-    "hd95",
-    "sensitivity",
-    "specificity",
-    "postprocess_enhancing",
-    "evaluate_case",
-    "volumes_ml",
-]
+__all__ = ["REGIONS", "region_mask", "dice", "hd95", "sensitivity", "specificity", "postprocess_enhancing",
+           "evaluate_case", "volumes_ml"]
 
 
-# --------------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------------
 def _as_mask(mask) -> np.ndarray:
     """Boolean view of a mask (non-zero = foreground)."""
     arr = np.asarray(mask)
@@ -72,8 +60,7 @@ def _as_mask(mask) -> np.ndarray:
 
 
 def _pair(pred, ref) -> tuple[np.ndarray, np.ndarray]:
-    pred_b = _as_mask(pred)
-    ref_b = _as_mask(ref)
+    pred_b, ref_b = _as_mask(pred), _as_mask(ref)
     if pred_b.shape != ref_b.shape:
         raise ValueError(f"pred and ref must have the same shape; got pred {pred_b.shape} and ref {ref_b.shape}")
     return pred_b, ref_b
@@ -96,7 +83,7 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=footprint, iterations=1, border_value=0)
 
 
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+def bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     """Slices of the bounding box of ``mask`` (non-empty) grown by ``margin`` and clipped to the array."""
     box = []
     for axis in range(mask.ndim):
@@ -106,9 +93,6 @@ def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     return tuple(box)
 
 
-# --------------------------------------------------------------------------------------------------
-# regions
-# --------------------------------------------------------------------------------------------------
 def region_mask(
     labels: np.ndarray, region: str, label_values: Mapping[str, Sequence[int]] = REGIONS
 ) -> np.ndarray:
@@ -129,16 +113,11 @@ def region_mask(
     return np.isin(np.asarray(labels), np.asarray(tuple(label_values[region])))
 
 
-# --------------------------------------------------------------------------------------------------
-# overlap metrics
-# --------------------------------------------------------------------------------------------------
 def dice(pred, ref) -> float:
     """Dice coefficient 2|P∩R| / (|P| + |R|) of two masks (non-zero = foreground); both empty -> 1.0."""
     p, r = _pair(pred, ref)
     denom = int(np.count_nonzero(p)) + int(np.count_nonzero(r))
-    if denom == 0:
-        return 1.0
-    return 2.0 * int(np.count_nonzero(p & r)) / denom
+    return 2.0 * int(np.count_nonzero(p & r)) / denom if denom else 1.0
 
 
 def sensitivity(pred, ref) -> float:
@@ -158,15 +137,9 @@ def specificity(pred, ref) -> float:
     """Specificity TN / (TN + FP); a reference with no negatives gives 1.0 (no false positive is possible)."""
     p, r = _pair(pred, ref)
     negatives = r.size - int(np.count_nonzero(r))
-    if negatives == 0:
-        return 1.0
-    true_negatives = negatives - int(np.count_nonzero(p & ~r))
-    return true_negatives / negatives
+    return (negatives - int(np.count_nonzero(p & ~r))) / negatives if negatives else 1.0
 
 
-# --------------------------------------------------------------------------------------------------
-# distance metric
-# --------------------------------------------------------------------------------------------------
 def hd95(pred, ref, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
     """95th percentile symmetric surface Hausdorff distance in mm (MedPy / BraTS definition).
 
@@ -185,7 +158,7 @@ def hd95(pred, ref, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
     if p_any != r_any:
         return float(np.sqrt(np.sum((np.asarray(p.shape, dtype=np.float64) * sp) ** 2)))
 
-    box = _bounding_box(p | r, margin=1)
+    box = bounding_box(p | r, margin=1)
     p, r = p[box], r[box]
     p_surf, r_surf = _surface(p), _surface(r)
     # distance (mm) from every voxel of the crop to the nearest surface voxel of the other mask
@@ -195,9 +168,6 @@ def hd95(pred, ref, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
     return float(np.percentile(distances, 95))
 
 
-# --------------------------------------------------------------------------------------------------
-# post-processing, per-case evaluation, volumes
-# --------------------------------------------------------------------------------------------------
 def postprocess_enhancing(
     labels: np.ndarray, et_min_voxels: int = 500, core_value: int = 1, et_value: int = 4
 ) -> np.ndarray:
@@ -250,9 +220,8 @@ def evaluate_case(
     pred_labels = np.asarray(pred_labels)
     ref_labels = np.asarray(ref_labels)
     if pred_labels.shape != ref_labels.shape:
-        raise ValueError(
-            f"pred_labels and ref_labels must have the same shape; got {pred_labels.shape} and {ref_labels.shape}"
-        )
+        raise ValueError(f"pred_labels and ref_labels must have the same shape; "
+                         f"got {pred_labels.shape} and {ref_labels.shape}")
     sp = _spacing(spacing, pred_labels.ndim)
     result: dict[str, float] = {}
     for region in label_values:
@@ -277,7 +246,5 @@ def volumes_ml(
     """Volume of every region in millilitres: voxel count × voxel volume (mm³) / 1000."""
     labels = np.asarray(labels)
     voxel_ml = float(np.prod(_spacing(spacing, labels.ndim))) / 1000.0
-    return {
-        region: int(np.count_nonzero(region_mask(labels, region, label_values))) * voxel_ml
-        for region in label_values
-    }
+    return {region: int(np.count_nonzero(region_mask(labels, region, label_values))) * voxel_ml
+            for region in label_values}

@@ -49,9 +49,10 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-
-from uhved_tf.subset import Subset
 from scipy import ndimage
+
+from uhved_tf.evaluation.metrics import bounding_box
+from uhved_tf.subset import Subset
 
 logger = logging.getLogger(__name__)
 
@@ -65,28 +66,14 @@ TRUNCATE = 3.5
 SCORES = ("psnr", "ssim", "mae")
 """Score names; :func:`synthesis_scores` keys are ``f"{score}_{modality}"``."""
 
-__all__ = [
-    "K1",
-    "K2",
-    "TRUNCATE",
-    "SCORES",
-    "psnr",
-    "ssim",
-    "ssim_map",
-    "mae",
-    "synthesis_scores",
-    "synthesis_table_markdown",
-]
+__all__ = ["K1", "K2", "TRUNCATE", "SCORES", "psnr", "ssim", "ssim_map", "mae", "synthesis_scores",
+           "synthesis_table_markdown"]
 
 
-# --------------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------------
 def _prepare(pred, ref, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The images as arrays (dtype unchanged: convert after cropping / masking, which is cheaper) and a
     boolean mask (all True for ``None``), all of one shape; the mask is not empty."""
-    p = np.asarray(pred)
-    r = np.asarray(ref)
+    p, r = np.asarray(pred), np.asarray(ref)
     if p.shape != r.shape:
         raise ValueError(f"pred and ref must have the same shape; got pred {p.shape} and ref {r.shape}")
     if mask is None:
@@ -122,19 +109,6 @@ def _data_range(ref: np.ndarray, mask: np.ndarray, data_range) -> float:
     return value
 
 
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """Bounding box of a non-empty mask grown by ``margin`` voxels and clipped to the array."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, mask.shape[axis])))
-    return tuple(box)
-
-
-# --------------------------------------------------------------------------------------------------
-# scores
-# --------------------------------------------------------------------------------------------------
 def mae(pred, ref, mask=None) -> float:
     """Mean absolute error ``mean(|pred - ref|)`` over the voxels of ``mask`` (all voxels if ``None``)."""
     p, r, m = _prepare(pred, ref, mask)
@@ -169,11 +143,10 @@ def _ssim_inside(pred, ref, mask, data_range, sigma) -> tuple[tuple[slice, ...],
     peak = _data_range(r, m, data_range)
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0 (voxels); got {sigma!r}")
-    c1 = (K1 * peak) ** 2
-    c2 = (K2 * peak) ** 2
+    c1, c2 = (K1 * peak) ** 2, (K2 * peak) ** 2
     radius = int(TRUNCATE * float(sigma) + 0.5)
 
-    box = _bounding_box(m, radius)
+    box = bounding_box(m, radius)
     mb = m[box]
     # zero (not multiply: 0 * NaN = NaN) outside the mask, so those voxels cannot matter
     x = np.where(mb, p[box], 0).astype(np.float64, copy=False)
@@ -190,9 +163,7 @@ def _ssim_inside(pred, ref, mask, data_range, sigma) -> tuple[tuple[slice, ...],
         norm = smooth(mb.astype(np.float64))[mb]
         mu_x, mu_y = smooth(x)[mb] / norm, smooth(y)[mb] / norm
         exx, eyy, exy = smooth(x * x)[mb] / norm, smooth(y * y)[mb] / norm, smooth(x * y)[mb] / norm
-    var_x = exx - mu_x * mu_x
-    var_y = eyy - mu_y * mu_y
-    cov = exy - mu_x * mu_y
+    var_x, var_y, cov = exx - mu_x * mu_x, eyy - mu_y * mu_y, exy - mu_x * mu_y
     num = (2.0 * mu_x * mu_y + c1) * (2.0 * cov + c2)
     den = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
     return box, mb, (num / den).reshape(-1)
@@ -229,9 +200,6 @@ def ssim(pred, ref, mask=None, data_range=None, sigma: float = 1.5) -> float:
     return float(np.mean(values))
 
 
-# --------------------------------------------------------------------------------------------------
-# per case, per table
-# --------------------------------------------------------------------------------------------------
 def synthesis_scores(
     synth: np.ndarray,
     ref: np.ndarray,
@@ -256,16 +224,13 @@ def synthesis_scores(
         Every channel is scored; which ones were inputs (reconstruction) and which were missing
         (true synthesis) is the subset's business, see :func:`synthesis_table_markdown`.
     """
-    synth = np.asarray(synth)
-    ref = np.asarray(ref)
+    synth, ref = np.asarray(synth), np.asarray(ref)
     modalities = list(modalities)
     if synth.shape != ref.shape:
         raise ValueError(f"synth and ref must have the same shape; got synth {synth.shape} and ref {ref.shape}")
     if synth.ndim < 2 or synth.shape[-1] != len(modalities):
-        raise ValueError(
-            f"synth and ref must be [..., M] with M = {len(modalities)} channels ({', '.join(modalities)}); "
-            f"got shape {synth.shape}"
-        )
+        raise ValueError(f"synth and ref must be [..., M] with M = {len(modalities)} channels "
+                         f"({', '.join(modalities)}); got shape {synth.shape}")
     mask = np.asarray(brain_mask)
     if mask.shape != synth.shape[:-1]:
         raise ValueError(f"brain_mask must have the image shape {synth.shape[:-1]}; got {mask.shape}")
@@ -312,9 +277,7 @@ def synthesis_table_markdown(
         modalities: all modality names (the ●/○ and score columns).
     """
     modalities = list(modalities)
-    head = ["| " + " | ".join(modalities)]
-    for m in modalities:
-        head.append(f"PSNR {m} (dB) | SSIM {m}")
+    head = ["| " + " | ".join(modalities)] + [f"PSNR {m} (dB) | SSIM {m}" for m in modalities]
     lines = [" | ".join(head) + " |", "|" + "---|" * (len(modalities) * 3)]
     synthesised: dict[str, list[tuple[float, float]]] = {m: [] for m in modalities}
     for subset in subsets:

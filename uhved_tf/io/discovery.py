@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,15 +38,7 @@ from uhved_tf.io.nifti import NIFTI_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "PHASES",
-    "InputSpec",
-    "Subject",
-    "find_subjects",
-    "load_or_create_split",
-    "safe_subject_id",
-    "subjects_in",
-]
+__all__ = ["PHASES", "InputSpec", "Subject", "find_subjects", "load_or_create_split", "safe_subject_id", "subjects_in"]
 
 PHASES = ("Training", "Validation", "Inference")
 _PHASE_BY_LOWER = {p.lower(): p for p in PHASES}
@@ -100,18 +92,13 @@ def safe_subject_id(raw: str) -> str:
     if not text:
         raise DataError(f"subject id {raw!r} is empty once unsafe characters are removed; rename the file")
     if len(text.encode("utf-8")) > _MAX_ID_BYTES:
-        raise DataError(
-            f"subject id {text[:40]!r}... is longer than {_MAX_ID_BYTES} bytes; use filename_removefromid to shorten it"
-        )
+        raise DataError(f"subject id {text[:40]!r}... is longer than {_MAX_ID_BYTES} bytes; "
+                        "use filename_removefromid to shorten it")
     return text
 
 
 def _strip_nifti_suffix(name: str) -> str | None:
-    lower = name.lower()
-    for suffix in NIFTI_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
+    return next((name[: -len(suffix)] for suffix in NIFTI_SUFFIXES if name.lower().endswith(suffix)), None)
 
 
 def _walk_nifti(folder: Path) -> list[Path]:
@@ -143,14 +130,16 @@ def _describe_filter(spec: InputSpec) -> str:
     return " and ".join(parts) if parts else "is any NIfTI file"
 
 
+def _matches(spec: InputSpec, stem: str) -> bool:
+    contains, not_contains = spec.filename_contains, spec.filename_not_contains
+    return all(c in stem for c in contains) and not any(c and c in stem for c in not_contains)
+
+
 def _id_from_name(spec: InputSpec, stem: str, regex: re.Pattern | None) -> str:
     raw = stem
     for sub in spec.filename_contains:
-        if sub:
-            raw = raw.replace(sub, "")
-    if regex is not None:
-        raw = regex.sub("", raw)
-    return raw.strip(_ID_STRIP)
+        raw = raw.replace(sub, "")  # replacing "" is a no-op
+    return (regex.sub("", raw) if regex is not None else raw).strip(_ID_STRIP)
 
 
 def subject_id_for_file(spec: InputSpec, path) -> str:
@@ -159,10 +148,8 @@ def subject_id_for_file(spec: InputSpec, path) -> str:
     section's filters, else the file name without its extension; always sanitised."""
     name = Path(path).name
     stem = _strip_nifti_suffix(name) or name
-    matches = all(c in stem for c in spec.filename_contains) and not any(
-        c and c in stem for c in spec.filename_not_contains)
     raw = _id_from_name(spec, stem, re.compile(spec.filename_removefromid) if spec.filename_removefromid
-                        else None) if matches else stem
+                        else None) if _matches(spec, stem) else stem
     return safe_subject_id(raw or stem)
 
 
@@ -174,9 +161,8 @@ def _add(section: str, table: dict[str, Path], subject_id: str, path: Path, hint
 
 def _sanitised(section: str, raw: str, where: str) -> str:
     if not raw:
-        raise DataError(
-            f"[{section}]: {where} gives an empty subject id; adjust filename_contains/filename_removefromid"
-        )
+        raise DataError(f"[{section}]: {where} gives an empty subject id; "
+                        "adjust filename_contains/filename_removefromid")
     try:
         safe = safe_subject_id(raw)
     except DataError as exc:
@@ -186,16 +172,21 @@ def _sanitised(section: str, raw: str, where: str) -> str:
     return safe
 
 
-def _files_from_csv(spec: InputSpec, csv_path: Path) -> dict[str, Path]:
-    table: dict[str, Path] = {}
+def _csv_rows(path: Path, cannot_read: str) -> Iterator[tuple[int, list[str]]]:
+    """The non-blank rows of a CSV file (cells stripped) with their 1-based line numbers."""
     try:
-        text = csv_path.read_text(encoding="utf-8-sig")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"[{spec.name}]: cannot read csv_file {csv_path}: {exc}") from exc
+        raise DataError(f"{cannot_read} {path}: {exc}") from exc
     for line_no, row in enumerate(csv.reader(io.StringIO(text)), start=1):
         row = [cell.strip() for cell in row]
-        if not any(row):
-            continue
+        if any(row):
+            yield line_no, row
+
+
+def _files_from_csv(spec: InputSpec, csv_path: Path) -> dict[str, Path]:
+    table: dict[str, Path] = {}
+    for line_no, row in _csv_rows(csv_path, f"[{spec.name}]: cannot read csv_file"):
         if len(row) < 2 or not row[0] or not row[1]:
             raise DataError(
                 f"[{spec.name}]: {csv_path} line {line_no}: expected 'subject_id,path', got {','.join(row)!r}"
@@ -205,8 +196,7 @@ def _files_from_csv(spec: InputSpec, csv_path: Path) -> dict[str, Path]:
             file_path = csv_path.parent / file_path
         if not file_path.is_file():
             raise DataError(f"[{spec.name}]: {csv_path} line {line_no}: file {file_path} not found")
-        where = f"{csv_path} line {line_no}"
-        subject_id = _sanitised(spec.name, row[0], where)
+        subject_id = _sanitised(spec.name, row[0], f"{csv_path} line {line_no}")
         _add(spec.name, table, subject_id, file_path, f"each id must appear once in {csv_path}")
     if not table:
         raise DataError(f"[{spec.name}]: csv_file {csv_path} lists no files")
@@ -237,12 +227,9 @@ def _files_from_search(spec: InputSpec, cache: dict[Path, list[Path]], required:
     table: dict[str, Path] = {}
     for path in candidates:
         stem = _strip_nifti_suffix(path.name)
-        if not all(c in stem for c in spec.filename_contains):
+        if not _matches(spec, stem):
             continue
-        if any(c and c in stem for c in spec.filename_not_contains):
-            continue
-        where = str(path)
-        subject_id = _sanitised(spec.name, _id_from_name(spec, stem, regex), where)
+        subject_id = _sanitised(spec.name, _id_from_name(spec, stem, regex), str(path))
         if subject_id in table and table[subject_id].resolve() == path.resolve():
             continue  # the same file reached through two search folders
         _add(spec.name, table, subject_id, path,
@@ -307,9 +294,8 @@ def find_subjects(specs: Sequence[InputSpec], required: Sequence[str], optional:
             if dropped:
                 logger.warning("%d subjects have no %s file: %s", len(dropped), name, _listing(dropped))
         if not ids:
-            counts = "; ".join(
-                f"[{n}] has {len(tables[n])} ids (e.g. {_listing(sorted(tables[n])[:3])})" for n in required
-            )
+            counts = "; ".join(f"[{n}] has {len(tables[n])} ids (e.g. {_listing(sorted(tables[n])[:3])})"
+                               for n in required)
             raise DataError(f"no subject has a file in every required section {list(required)}: {counts}")
     else:
         ids = all_ids
@@ -322,20 +308,9 @@ def find_subjects(specs: Sequence[InputSpec], required: Sequence[str], optional:
     return subjects
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 def _read_split(split_file: Path, subject_ids: list[str]) -> dict[str, str]:
-    try:
-        text = split_file.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read split file {split_file}: {exc}") from exc
     split: dict[str, str] = {}
-    for line_no, row in enumerate(csv.reader(io.StringIO(text)), start=1):
-        row = [cell.strip() for cell in row]
-        if not any(row):
-            continue
+    for line_no, row in _csv_rows(split_file, "cannot read split file"):
         phase = _PHASE_BY_LOWER.get(row[1].lower()) if len(row) == 2 else None
         if phase is None or not row[0]:
             raise DataError(
@@ -348,8 +323,7 @@ def _read_split(split_file: Path, subject_ids: list[str]) -> dict[str, str]:
                 f"{split[row[0]]} and {phase}"
             )
         split[row[0]] = phase
-    known = set(subject_ids)
-    unknown = sorted(set(split) - known)
+    unknown = sorted(set(split) - set(subject_ids))
     if unknown:
         raise DataError(
             f"split file {split_file} lists {len(unknown)} subjects that were not found: {_listing(unknown)} "
@@ -357,12 +331,9 @@ def _read_split(split_file: Path, subject_ids: list[str]) -> dict[str, str]:
         )
     absent = [i for i in subject_ids if i not in split]
     if absent:
-        logger.warning(
-            "%d subjects are not in split file %s; using them for Training: %s",
-            len(absent), split_file, _listing(absent),
-        )
-        for i in absent:
-            split[i] = "Training"
+        logger.warning("%d subjects are not in split file %s; using them for Training: %s",
+                       len(absent), split_file, _listing(absent))
+        split.update(dict.fromkeys(absent, "Training"))
     return {i: split[i] for i in sorted(split)}
 
 
@@ -375,10 +346,7 @@ def _split_counts(n: int, fraction_val: float, fraction_inf: float) -> tuple[int
     # Keep at least one training subject unless the fractions leave none on purpose.
     limit = n if fraction_val + fraction_inf >= 1 else n - 1
     while n_val + n_inf > limit:  # shrink the larger group; on a tie keep Validation
-        if n_val > n_inf:
-            n_val -= 1
-        else:
-            n_inf -= 1
+        n_val, n_inf = (n_val - 1, n_inf) if n_val > n_inf else (n_val, n_inf - 1)
     return n_val, n_inf
 
 
@@ -424,11 +392,10 @@ def load_or_create_split(
         raise DataError(f"cannot create split file {split_file}: there are no subjects")
     n_val, n_inf = _split_counts(len(ids), fv, fi)
     order = np.random.default_rng(seed).permutation(len(ids))
-    split = {}
-    for rank, index in enumerate(order):
-        split[ids[index]] = "Validation" if rank < n_val else "Inference" if rank < n_val + n_inf else "Training"
-    split = {i: split[i] for i in ids}
-    _atomic_write_text(split_file, "".join(f"{i},{p}\n" for i, p in split.items()))
+    phases = ["Validation"] * n_val + ["Inference"] * n_inf + ["Training"] * (len(ids) - n_val - n_inf)
+    by_id = {ids[index]: phases[rank] for rank, index in enumerate(order)}
+    split = {i: by_id[i] for i in ids}
+    atomic_write_text(split_file, "".join(f"{i},{p}\n" for i, p in split.items()))
     logger.info("created split file %s (%s, seed %d)", split_file, _phase_counts(split), seed)
     return split
 

@@ -55,15 +55,8 @@ from uhved_tf.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "NIFTI_SUFFIXES",
-    "VolumeGeometry",
-    "is_nifti_path",
-    "load_volume",
-    "read_header_only",
-    "save_like",
-    "to_original_grid",
-]
+__all__ = ["NIFTI_SUFFIXES", "VolumeGeometry", "is_nifti_path", "load_volume", "read_header_only", "save_like",
+           "to_original_grid"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _RESAMPLE_RTOL = 1e-3
@@ -120,12 +113,8 @@ class VolumeGeometry:
 
     def resample_map(self) -> tuple[np.ndarray, np.ndarray]:
         """``(s, t)`` of the centre-aligned map ``reoriented_index = s * working_index + t`` (per axis)."""
-        return _resample_map(
-            self.reoriented_shape, self.working_shape, self._reoriented_spacing(), self.working_spacing
-        )
-
-    def _reoriented_spacing(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in nib.affines.voxel_sizes(self.reoriented_affine))
+        spacing = nib.affines.voxel_sizes(self.reoriented_affine)
+        return _resample_map(self.reoriented_shape, self.working_shape, spacing, self.working_spacing)
 
 
 def is_nifti_path(path: str | os.PathLike) -> bool:
@@ -172,22 +161,17 @@ def _read_nifti(path: str | os.PathLike) -> tuple[Path, Any]:
     can load as silently wrong data; decompressing the whole member first makes gzip check it.
     """
     path = _check_path(path)
-    if not path.name.lower().endswith(".gz"):
-        try:
+    try:
+        if not path.name.lower().endswith(".gz"):
             return path, _check_class(path, nib.load(str(path), mmap=False))
-        except _READ_ERRORS as exc:
-            raise DataError(f"{path}: {_UNREADABLE}: {_one_line(exc)}") from exc
-    try:
-        raw = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot decompress (truncated or corrupt gzip file?): {_one_line(exc)}") from exc
-    sizeof_hdr = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
-    image_class = nib.Nifti2Image if 540 in sizeof_hdr else nib.Nifti1Image
-    try:
-        img = image_class.from_bytes(raw)
+        try:
+            raw = gzip.decompress(path.read_bytes())
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{path}: cannot decompress (truncated or corrupt gzip file?): {_one_line(exc)}") from exc
+        sizeof_hdr = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
+        return path, (nib.Nifti2Image if 540 in sizeof_hdr else nib.Nifti1Image).from_bytes(raw)
     except _READ_ERRORS as exc:
         raise DataError(f"{path}: {_UNREADABLE}: {_one_line(exc)}") from exc
-    return path, img
 
 
 def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -205,7 +189,7 @@ def _check_affine(path: Path, affine: np.ndarray) -> np.ndarray:
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise DataError(f"{path}: the affine (qform/sform) contains non-finite values")
     linear = affine[:3, :3]
-    scale = float(np.max(np.abs(linear))) if linear.size else 0.0
+    scale = float(np.max(np.abs(linear)))
     if scale == 0.0 or abs(np.linalg.det(linear)) <= 1e-12 * scale**3:
         raise DataError(f"{path}: the affine (qform/sform) is not invertible: {np.round(affine, 4).tolist()}")
     return affine
@@ -220,10 +204,8 @@ def read_header_only(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.
     data passes this check; :func:`load_volume` catches that.
     """
     path, img = _open_nifti(path)
-    shape = _spatial_shape(path, img.shape)
-    affine = _check_affine(path, img.affine)
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return shape, affine, zooms
+    shape, affine = _spatial_shape(path, img.shape), _check_affine(path, img.affine)
+    return shape, affine, tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
 def _inverse_ornt(ornt: np.ndarray) -> np.ndarray:
@@ -236,11 +218,10 @@ def _inverse_ornt(ornt: np.ndarray) -> np.ndarray:
 
 
 def _resample_map(old_shape, new_shape, old_spacing, new_spacing) -> tuple[np.ndarray, np.ndarray]:
-    old_shape = np.asarray(old_shape, dtype=np.float64)
-    new_shape = np.asarray(new_shape, dtype=np.float64)
-    s = np.asarray(new_spacing, dtype=np.float64) / np.asarray(old_spacing, dtype=np.float64)
-    t = (old_shape - 1.0) / 2.0 - s * (new_shape - 1.0) / 2.0
-    return s, t
+    old_shape, new_shape, old_spacing, new_spacing = (
+        np.asarray(v, dtype=np.float64) for v in (old_shape, new_shape, old_spacing, new_spacing))
+    s = new_spacing / old_spacing
+    return s, (old_shape - 1.0) / 2.0 - s * (new_shape - 1.0) / 2.0
 
 
 def _affine_resample(array: np.ndarray, scale: np.ndarray, offset: np.ndarray, out_shape, order: int) -> np.ndarray:
@@ -323,9 +304,8 @@ def load_volume(
         n_bad = int(np.count_nonzero(bad))
         if n_bad:
             if nan_policy == "error":
-                raise DataError(
-                    f"{path}: contains {n_bad} non-finite voxels (NaN/Inf); fix the file or use nan_policy='zero'"
-                )
+                raise DataError(f"{path}: contains {n_bad} non-finite voxels (NaN/Inf); "
+                                "fix the file or use nan_policy='zero'")
             logger.warning("%s: replaced %d non-finite voxels (NaN/Inf) with 0", path, n_bad)
             data = np.where(bad, 0, data)
     data = _cast(data, dtype)
@@ -360,29 +340,18 @@ def load_volume(
                     f"voxel size (header pixdim / affine) and the configured pixdim")
             s, t = _resample_map(reoriented_shape, new_shape, spacing, target)
             data = _affine_resample(data, s, t, new_shape, order)
-            step = np.eye(4)
-            step[:3, :3] = np.diag(s)
-            step[:3, 3] = t
-            working_affine = reoriented_affine @ step
+            working_affine = reoriented_affine @ nib.affines.from_matvec(np.diag(s), t)
             spacing = target
             resampled = True
             logger.debug("%s: resampled %s -> %s voxels", path, reoriented_shape, new_shape)
 
-    original_affine = affine.copy()
+    original_affine, working_affine = affine.copy(), np.array(working_affine, dtype=np.float64)
     for arr in (original_affine, ornt, working_affine):
         arr.setflags(write=False)
-    geom = VolumeGeometry(
-        path=str(path),
-        original_shape=shape,
-        original_affine=original_affine,
-        header=img.header.copy(),
-        orientation=ornt,
-        working_spacing=spacing,
-        working_shape=tuple(int(v) for v in data.shape[:3]),
-        working_affine=np.array(working_affine, dtype=np.float64),
-        resampled=resampled,
-    )
-    geom.working_affine.setflags(write=False)
+    geom = VolumeGeometry(path=str(path), original_shape=shape, original_affine=original_affine,
+                          header=img.header.copy(), orientation=ornt, working_spacing=spacing,
+                          working_shape=tuple(int(v) for v in data.shape[:3]), working_affine=working_affine,
+                          resampled=resampled)
     return np.ascontiguousarray(data), geom
 
 
