@@ -19,6 +19,6 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["uhved_tf", "uhved_tf.*", "extensions", "extensions.*"]),
     install_requires=requirements,
-    extras_require={"test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "ruff>=0.6"]},
     entry_points={"console_scripts": ["uhved_tf=uhved_tf.cli:main"]},
 )

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from uhved_tf.model_dir import ModelDir
 from uhved_tf.io.atomic import atomic_write_text
 
 REGIONS = ("whole", "core", "enhancing")
@@ -82,7 +83,7 @@ class Study:
             sets = {f"{section}.path_to_search": str(self.data) for section in parser.sections()
                     if parser.has_option(section, "path_to_search")}
         sets.update({"SYSTEM.model_dir": str(self.model_dir(run)),
-                     "SYSTEM.dataset_split_file": str(self.out / "dataset_split.csv")})
+                     "SYSTEM.dataset_split_file": str(self.out / ModelDir.SPLIT)})
         sets.update(run.sets)
         args: list[str] = list(run.extra)
         for key, value in sets.items():
@@ -139,8 +140,6 @@ class Study:
     def evaluated_is_current(self, run: Run) -> bool:
         """True when the evaluation folder scored the checkpoint(s) a new evaluation would load (a
         longer training since, or another ``checkpoint``, makes it stale)."""
-        from uhved_tf.model_dir import ModelDir
-
         target = self.eval_dir(run)
         try:
             models = json.loads((target / "models.json").read_text())

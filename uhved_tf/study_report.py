@@ -29,6 +29,7 @@ import numpy as np
 
 from uhved_tf.io.atomic import atomic_write_csv, atomic_write_text
 from uhved_tf.model_dir import ModelDir
+from uhved_tf.subset import SEPARATOR
 
 REGIONS = ("whole", "core", "enhancing")
 SHORT = {"whole": "WT", "core": "TC", "enhancing": "ET"}
@@ -58,8 +59,8 @@ def cpu_isa() -> str:
 
 
 def modality_order(rows) -> list[str]:
-    widest = max((r["subset"] for r in rows), key=lambda s: len(s.split("+")))
-    return widest.split("+")
+    widest = max((r["subset"] for r in rows), key=lambda s: len(s.split(SEPARATOR)))
+    return widest.split(SEPARATOR)
 
 
 def ordered_subsets(modalities) -> list[str]:
@@ -81,8 +82,8 @@ def means_by_subset(rows, subsets, metric="dice") -> dict:
 
 
 def by_size(means, subsets) -> dict[int, dict[str, float]]:
-    sizes = sorted({len(s.split("+")) for s in subsets})
-    return {k: {reg: float(np.mean([means[s][reg] for s in subsets if len(s.split("+")) == k and s in means]))
+    sizes = sorted({len(s.split(SEPARATOR)) for s in subsets})
+    return {k: {reg: float(np.mean([means[s][reg] for s in subsets if len(s.split(SEPARATOR)) == k and s in means]))
                 for reg in REGIONS} for k in sizes}
 
 
@@ -175,7 +176,7 @@ def write_report(study, name: str, reference: str | None, title: str) -> Path:
         return out_cells
 
     for subset in subsets:
-        members = subset.split("+")
+        members = subset.split(SEPARATOR)
         lines.append("| " + " | ".join(["●" if m in members else "○" for m in modalities] + cells(subset)) + " |")
     lines.append("| " + " | ".join(["Mean"] + [""] * (len(modalities) - 1) + cells("Mean")) + " |")
     lines += ["", "Dice (%) per region: WT whole tumour, TC tumour core, ET enhancing tumour. Bold: best."
@@ -216,8 +217,8 @@ def write_report(study, name: str, reference: str | None, title: str) -> Path:
     for label in labels:
         rises = ["yes" if all(sizes[label][a][r] < sizes[label][b][r] for a, b in zip(ks, ks[1:])) else "no"
                  for r in REGIONS]
-        with_t1c = [means[label][s]["enhancing"] for s in subsets if s in means[label] and t1c in s.split("+")]
-        without = [means[label][s]["enhancing"] for s in subsets if s in means[label] and t1c not in s.split("+")]
+        with_t1c = [means[label][s]["enhancing"] for s in subsets if s in means[label] and t1c in s.split(SEPARATOR)]
+        without = [means[label][s]["enhancing"] for s in subsets if s in means[label] and t1c not in s.split(SEPARATOR)]
         lines.append(f"| {label} | {' / '.join(rises)} | {_fmt(float(np.mean(with_t1c)) if with_t1c else None)} "
                      f"| {_fmt(float(np.mean(without)) if without else None)} |")
     lines.append("")
@@ -234,7 +235,7 @@ def write_report(study, name: str, reference: str | None, title: str) -> Path:
         for label in synth:
             cells_s = []
             for m in modalities:
-                sel = [r for r in rows[label] if m not in r["subset"].split("+")]
+                sel = [r for r in rows[label] if m not in r["subset"].split(SEPARATOR)]
                 for metric in ("psnr", "ssim"):
                     vals = [float(r[f"{metric}_{m}"]) for r in sel if r.get(f"{metric}_{m}") not in (None, "")]
                     vals = [v for v in vals if math.isfinite(v)]
