@@ -18,6 +18,7 @@ import numpy as np
 from uhved_tf import __version__
 from uhved_tf.config import Config
 from uhved_tf.data.cases import Case, PreprocessSettings, load_case
+from uhved_tf.convention import from_config as convention_from_config
 from uhved_tf.errors import ConfigError, DataError, UhvedError
 from uhved_tf.inference.case import CasePredictor, Outputs
 from uhved_tf.io.discovery import InputSpec, find_subjects, load_or_create_split, subjects_in
@@ -32,6 +33,7 @@ class Application:
         self.cfg = cfg
         self.model_dir = ModelDir.from_config(cfg)
         self.outputs = Outputs.from_config(cfg)
+        self.convention = convention_from_config(cfg)
         self.pipeline_error: UhvedError | None = None   # the first user error of the input pipeline
         self.loaded_checkpoint: dict | None = None      # which weights load_trained_model restored
 
@@ -148,6 +150,7 @@ class Application:
             "network": cfg.network.name,
             "modalities": list(cfg.modalities),
             "label_values": list(cfg.task.label_values),
+            "convention": self.convention.to_metadata(),
             "num_classes": cfg.task.num_classes,
             "base_width": cfg.network.base_width,
             "levels": cfg.network.levels,
@@ -279,7 +282,7 @@ class Application:
                  ", ".join(s.name for s in subsets))
         settings = self.preprocess_settings()
         cases = [self.load_case(s, settings) for s in chosen]
-        return (Validator(cases, subsets, self.predictor(model), self.cfg.modalities, self.cfg.task.label_values),
+        return (Validator(cases, subsets, self.predictor(model), self.cfg.modalities, self.convention),
                 EarlyStopping(t.patience, t.early_stopping_mode))
 
     # --- inference ---------------------------------------------------------------------------
@@ -345,10 +348,10 @@ class Application:
                 for subset, res in zip(subsets, results):
                     self.outputs.write(case, res, out_dir if len(subsets) == 1 else out_dir / subset.name,
                                        overwrite=overwrite)
-                    vols = volumes_ml(self.outputs.labels(res), case.spacing)
-                    log.info("%s [%s] %.1f s: whole %.1f mL, core %.1f mL, enhancing %.1f mL", case.id,
-                             subset.name, time.perf_counter() - t0, vols["whole"], vols["core"],
-                             vols["enhancing"])
+                    vols = volumes_ml(self.outputs.labels(res), case.spacing,
+                                      label_values=self.convention.region_map)
+                    log.info("%s [%s] %.1f s: %s", case.id, subset.name, time.perf_counter() - t0,
+                             ", ".join(f"{r} {v:.1f} mL" for r, v in vols.items()))
             except UhvedError as exc:
                 if not keep_going:
                     raise
@@ -378,7 +381,7 @@ class Application:
         cfg = self.cfg
         subsets = [Subset(s, cfg.modalities) for s in subsets]
         subjects = self.discover(need_label=True)
-        ids = set(subjects_in(self.split(subjects), phase))
+        ids = {s.id for s in subjects} if phase == "All" else set(subjects_in(self.split(subjects), phase))
         chosen = [s for s in subjects if s.id in ids]
         if not chosen:
             raise DataError(f"no {phase} subjects with labels in {self.model_dir.split}")
@@ -400,6 +403,41 @@ class Application:
 
         return evaluate_cases(cases(), len(chosen), predict, Evaluation.from_config(cfg, subsets), models,
                               out_dir=Path(out_dir or cfg.evaluation.save_csv_dir), progress=progress, figure=figure)
+
+    def evaluate_predictions(self, predictions: Path, phase: str = "Inference", out_dir: Path | None = None,
+                             progress=True) -> dict:
+        """Score the segmentation files in ``predictions`` (``<id>_seg.nii.gz`` as ``inference``
+        writes them, or ``<id>.nii.gz`` as nnU-Net does) against the ``phase`` split's labels
+        (``All``: every subject with a label), with the convention's regions; no model."""
+        from uhved_tf.evaluation.report import Evaluation, score_predictions
+
+        predictions = Path(predictions)
+        if not predictions.is_dir():
+            raise DataError(f"--predictions {predictions}: no such folder (expected segmentation files "
+                            f"named <subject>_seg.nii.gz or <subject>.nii.gz)")
+        subjects = self.discover(need_label=True)
+        if phase != "All":
+            ids = set(subjects_in(self.split(subjects), phase))
+            subjects = [s for s in subjects if s.id in ids]
+        files = {}
+        for f in sorted(predictions.iterdir()):
+            name = f.name[:-7] if f.name.endswith(".nii.gz") else f.name[:-4] if f.name.endswith(".nii") else None
+            if name is not None:
+                files[name[:-4] if name.endswith("_seg") else name] = f
+        by_id = {s.id: s for s in subjects}
+        pairs = [(sid, files[sid], by_id[sid].files[self.cfg.label_section]) for sid in by_id if sid in files]
+        missing = [sid for sid in by_id if sid not in files]
+        extra = [str(f) for sid, f in files.items() if sid not in by_id]
+        if not pairs:
+            raise DataError(f"--predictions {predictions}: no file matches a {phase} subject with a label "
+                            f"({len(by_id)} subjects, e.g. {next(iter(by_id), 'none')}; {len(files)} files)")
+        for what, items in (("subjects without a prediction", missing), ("predictions of no subject", extra)):
+            if items:
+                log.warning("%d %s (listed in unmatched.txt): %s", len(items), what, ", ".join(items[:5]) +
+                            (", ..." if len(items) > 5 else ""))
+        ev = Evaluation.from_config(self.cfg, ())
+        return score_predictions(pairs, ev, Path(out_dir or self.cfg.evaluation.save_csv_dir), missing, extra,
+                                 progress=progress)
 
     # --- one network per subset (the Single baseline) ------------------------------------------
     def train_all_subsets(self, subsets=None, resume: bool = False, overwrite: bool = False,

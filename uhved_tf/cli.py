@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--subsets", default="all",
                    help='"all" (15 subsets), "full", "singles" or e.g. "T1c,Flair;T2" (default: all)')
-    p.add_argument("--dataset", choices=["inference", "validation", "training"], default="inference")
+    p.add_argument("--dataset", choices=["inference", "validation", "training", "all"], default="inference",
+                   help="which split to score (all: every subject with a label; with --predictions)")
+    p.add_argument("--predictions", metavar="DIR",
+                   help="score the segmentations in DIR (<subject>_seg.nii.gz or <subject>.nii.gz, from this tool or "
+                        "any other) against the labels, with the dataset convention's regions; no model is run")
     p.add_argument("-o", "--output", help="report folder (default: [EVALUATION] save_csv_dir)")
     p.add_argument("--figure", action="store_true", help="also draw the paper's Fig. 3 for the first case (PNG)")
     p.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"),
@@ -251,11 +255,20 @@ def _cmd_evaluate(args, cfg) -> int:
     if args.compare:
         return _compare(args, cfg)
     app = Application(cfg)
+    if args.predictions:
+        report = app.evaluate_predictions(Path(args.predictions), phase=args.dataset.capitalize(),
+                                          out_dir=Path(args.output) if args.output else None, progress=not args.quiet)
+        regions = list(app.convention.region_map)
+        v = report["summary"]["predictions"]
+        print(f"{v['cases']} cases: " + ", ".join(f"Dice {r} {v[f'dice_{r}']:.3f}" for r in regions) +
+              f", HD95 {regions[0]} {v[f'hd95_{regions[0]}']:.2f}")
+        print(f"reports in {report['out_dir']}")
+        return 0
     subsets = Subset.parse(args.subsets, cfg.modalities)
     report = app.evaluate(subsets, phase=args.dataset.capitalize(),
                           out_dir=Path(args.output) if args.output else None, progress=not args.quiet,
                           figure=args.figure)
-    print(format_summary(report["summary"], cfg.modalities, subsets))
+    print(format_summary(report["summary"], subsets, list(app.convention.region_map)))
     print(f"reports in {report['out_dir']}")
     return 0
 
@@ -280,13 +293,14 @@ def _compare(args, cfg) -> int:
     return 0
 
 
-def format_summary(summary, modalities, subsets) -> str:
+def format_summary(summary, subsets, regions) -> str:
     width = max(len(s.name) for s in subsets) + 2
-    lines = [f"{'subset':<{width}} {'cases':>5} {'Dice WT':>8} {'Dice TC':>8} {'Dice ET':>8} {'HD95 WT':>8}"]
+    cols = [(f"Dice {r}", f"dice_{r}", ".3f") for r in regions] + [(f"HD95 {regions[0]}", f"hd95_{regions[0]}", ".2f")]
+    lines = [f"{'subset':<{width}} {'cases':>5} " + " ".join(f"{c:>{max(8, len(c))}}" for c, _, _ in cols)]
     for s in subsets:
         v = summary[s.name]
-        lines.append(f"{s.name:<{width}} {v['cases']:>5} {v['dice_whole']:>8.3f} {v['dice_core']:>8.3f} "
-                     f"{v['dice_enhancing']:>8.3f} {v['hd95_whole']:>8.2f}")
+        lines.append(f"{s.name:<{width}} {v['cases']:>5} " +
+                     " ".join(f"{v[k]:>{max(8, len(c))}{f}}" for c, k, f in cols))
     return "\n".join(lines)
 
 

@@ -106,7 +106,7 @@ class ModelDir:
         saved = self.read_metadata()
         if saved is None:
             return None
-        for key in MODEL_KEYS:
+        for key in MODEL_KEYS + (("convention",) if "convention" in saved else ()):   # (older models: none)
             if saved.get(key) != now.get(key):
                 raise ConfigError(
                     f"{self.metadata}: the model in {self.root} was trained with {key} = {saved.get(key)!r} but "

@@ -18,6 +18,7 @@ from uhved_tf.config.parser import (
     parse_config_text,
 )
 from uhved_tf.config.schema import (
+    DatasetConfig,
     EvaluationConfig,
     InferenceConfig,
     InputConfig,
@@ -31,6 +32,7 @@ from uhved_tf.config.schema import (
 __all__ = [
     "RESOLVED_CONFIG_NAME",
     "Config",
+    "DatasetConfig",
     "EvaluationConfig",
     "InferenceConfig",
     "InputConfig",

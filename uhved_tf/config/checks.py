@@ -25,6 +25,7 @@ def cross_check(sections: dict[str, Values], inputs: dict[str, Values], task: st
     _check_inputs(tv, inputs, task, where)
     _check_windows(tv, net["levels"], infer, inputs, where)
     _check_labels(tv, task, where)
+    _check_convention(sections["DATASET"], tv, where)
     _check_split_fractions(train, where)
     _check_subset_prior(train, len(tv["image"]), where)
     _choose_inference_modalities(tv, infer, task, where)
@@ -138,6 +139,14 @@ def _check_labels(tv: Values, task: str, where: str) -> None:
         raise ConfigError(f"[{task}] num_classes = {tv['num_classes']} in {where} but label_values has "
                           f"{len(tv['label_values'])} values ({_shown(tv['label_values'])}); "
                           f"they must match (BraTS: num_classes = 4, label_values = 0, 1, 2, 4)")
+
+
+def _check_convention(ds: Values, tv: Values, where: str) -> None:
+    from uhved_tf.convention import from_settings
+    try:
+        from_settings(ds["convention"], tv["label_values"], ds["regions"], ds["enhancing_label"])
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _check_split_fractions(train: Values, where: str) -> None:

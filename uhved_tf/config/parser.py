@@ -54,6 +54,7 @@ class Config:
     training: S.TrainingConfig
     inference: S.InferenceConfig
     evaluation: S.EvaluationConfig
+    dataset: S.DatasetConfig
     task: S.MultimodalConfig
     inputs: dict[str, S.InputConfig]
     source: Path | None = field(default=None, compare=False)
@@ -103,7 +104,8 @@ class Config:
         ]
         for inp in self.inputs.values():
             lines += _section_lines(inp.name, S.INPUT, inp)
-        sections = (self.system, self.network, self.training, self.inference, self.evaluation, self.task)
+        sections = (self.system, self.network, self.training, self.inference, self.evaluation, self.dataset,
+                    self.task)
         for name, values in zip(S.FIXED_AND_TASK, sections):
             lines += _section_lines(name, name, values)
         return "\n".join(lines) + "\n"
@@ -235,6 +237,7 @@ def parse_config_text(text: str, base_dir: str | Path, overrides: Sequence[str] 
         training=S.TrainingConfig(**sections["TRAINING"]),
         inference=S.InferenceConfig(**sections["INFERENCE"]),
         evaluation=S.EvaluationConfig(**sections["EVALUATION"]),
+        dataset=S.DatasetConfig(**sections["DATASET"]),
         task=S.MultimodalConfig(**sections[S.TASK_SECTION]),
         inputs={name: S.InputConfig(name=name, **values) for name, values in inputs.items()},
         source=Path(source) if source is not None else None,

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from uhved_tf.errors import did_you_mean
+from uhved_tf.convention import NAMES as CONVENTIONS
+from uhved_tf.convention import PRESETS
 from uhved_tf.model_dir import ModelDir
 
 TRUE_WORDS = ("yes", "true", "y", "1", "on")
@@ -502,7 +504,7 @@ class Key:
 
 K = Key
 INPUT = "INPUT"  # schema name of input sections ([T1], [label], ...); not a section name
-FIXED_SECTIONS = ("SYSTEM", "NETWORK", "TRAINING", "INFERENCE", "EVALUATION")
+FIXED_SECTIONS = ("SYSTEM", "NETWORK", "TRAINING", "INFERENCE", "EVALUATION", "DATASET")
 TASK_SECTION = "MULTIMODAL"
 TASK_SECTION_ALIASES = ("MULTIMODAL", "SEGMENTATION")
 FIXED_AND_TASK = (*FIXED_SECTIONS, TASK_SECTION)
@@ -736,6 +738,16 @@ EVALUATION_KEYS: tuple[Key, ...] = (
       "Predicted enhancing tumour smaller than this is removed (BraTS post-processing; 0 = off)"),
 )
 
+DATASET_KEYS: tuple[Key, ...] = (
+    K("convention", Choice(*CONVENTIONS), "brats2018",
+      "Label convention: brats2018 (2018-2021: labels 0, 1, 2, 4), brats2023 (2023-2024 GLI: 0, 1, 2, 3, "
+      "enhancing 3), msd (Task01: 1 oedema, 2 non-enhancing, 3 enhancing) or custom; sets the regions scored"),
+    K("regions", Str(quoted=False), "",
+      "convention = custom: the regions scored, e.g. whole = 1, 2, 3; core = 1, 3; enhancing = 3"),
+    K("enhancing_label", Int(lo=-1), -1,
+      "convention = custom: the enhancing-tumour label of the [EVALUATION] et_min_voxels post-processing (-1 = none)"),
+)
+
 MULTIMODAL_KEYS: tuple[Key, ...] = (
     K("num_classes", Int(lo=2), -1, "Number of segmentation classes (4 for BraTS); equals the length of label_values",
       required=True),
@@ -766,7 +778,7 @@ MULTIMODAL_KEYS: tuple[Key, ...] = (
       "modalities is empty"),
     K("output_mod", _STR_ARRAY, (), "Original U-HVED: output written by inference (seg, T1, ...)",
       used=False, note="superseded: inference writes the segmentation and every synthesised modality"),
-    K("label_values", Array(Int(lo=0), distinct=True), (0, 1, 2, 4),
+    K("label_values", Array(Int(lo=0), distinct=True), PRESETS["brats2018"].label_values,
       "Values of the label files, mapped to classes 0..num_classes-1 in this order"),
 )
 
@@ -778,6 +790,7 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
     "TRAINING": TRAINING_KEYS,
     "INFERENCE": INFERENCE_KEYS,
     "EVALUATION": EVALUATION_KEYS,
+    "DATASET": DATASET_KEYS,
     TASK_SECTION: MULTIMODAL_KEYS,
 }
 KEYS_BY_SECTION: dict[str, dict[str, Key]] = {s: {k.name: k for k in keys} for s, keys in SCHEMA.items()}
@@ -808,6 +821,7 @@ NetworkConfig = _section_class("NetworkConfig", "NETWORK", "[NETWORK] section")
 TrainingConfig = _section_class("TrainingConfig", "TRAINING", "[TRAINING] section")
 InferenceConfig = _section_class("InferenceConfig", "INFERENCE", "[INFERENCE] section")
 EvaluationConfig = _section_class("EvaluationConfig", "EVALUATION", "[EVALUATION] section")
+DatasetConfig = _section_class("DatasetConfig", "DATASET", "[DATASET] section")
 MultimodalConfig = _section_class("MultimodalConfig", TASK_SECTION,
                                   "[MULTIMODAL] task section ([SEGMENTATION] is an alias)")
 InputConfig = _section_class("InputConfig", INPUT, "An input-data section ([T1], [label], ...)",
@@ -837,6 +851,7 @@ def key_reference_markdown() -> str:
         "TRAINING": "`[TRAINING]`",
         "INFERENCE": "`[INFERENCE]`",
         "EVALUATION": "`[EVALUATION]`",
+        "DATASET": "`[DATASET]` (the dataset's label convention: label values, regions scored)",
         TASK_SECTION: "`[MULTIMODAL]` (task section; `[SEGMENTATION]` is accepted as an alias)",
     }
     out = [

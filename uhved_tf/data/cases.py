@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from uhved_tf.convention import PRESETS
 from uhved_tf.data import preprocessing as pp
 from uhved_tf.errors import DataError
 from uhved_tf.io.nifti import load_volume
@@ -40,7 +41,7 @@ class Case:
 @dataclass(frozen=True)
 class PreprocessSettings:
     modalities: tuple[str, ...]
-    label_values: tuple[int, ...] = (0, 1, 2, 4)
+    label_values: tuple[int, ...] = PRESETS["brats2018"].label_values
     axcodes: tuple[str, ...] | None = None
     pixdim: tuple[float, ...] | None = None
     image_interp_order: int = 1

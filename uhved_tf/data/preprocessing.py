@@ -105,8 +105,9 @@ def map_labels(label: np.ndarray, label_values, source: str = "label") -> np.nda
     present = np.unique(lab)
     unknown = np.setdiff1d(present, values)
     if unknown.size:
+        from uhved_tf.convention import preset_hint
         raise DataError(f"{source}: label values {unknown.tolist()} are not in label_values "
-                        f"{values.tolist()} ([MULTIMODAL] label_values)")
+                        f"{values.tolist()} ([MULTIMODAL] label_values){preset_hint(present)}")
     lut = np.zeros(int(max(values.max(), present.max())) + 1, np.int32)
     lut[values] = np.arange(len(values), dtype=np.int32)
     if present.min() < 0:

@@ -22,16 +22,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from uhved_tf.convention import PRESETS
 from uhved_tf.errors import did_you_mean
 
 logger = logging.getLogger(__name__)
 
 LABEL_COLOURS: dict[int, tuple[float, float, float]] = {
-    2: (0.0, 1.0, 0.0),  # oedema: green
-    1: (1.0, 0.0, 0.0),  # non-enhancing / necrotic core: red
-    4: (0.0, 0.0, 1.0),  # enhancing tumour: blue
-}
-"""BraTS label -> RGB colour of the overlay (paper's Fig. 3)."""
+    label: tuple(c / 255.0 for c in rgb) for label, rgb in PRESETS["brats2018"].colours}
+"""BraTS 2018-2021 label -> RGB colour of the overlay (paper's Fig. 3: oedema green, core red,
+enhancing blue); other conventions give theirs (:attr:`uhved_tf.convention.Convention.colours`)."""
 
 MISSING_GREY = 0.5
 """Grey level of the panel of a missing input."""
@@ -120,6 +119,7 @@ def figure3(
     alpha: float = 0.5,
     panel_inches: float = 2.0,
     dpi: int = 100,
+    colours: Mapping[int, Sequence[float]] = LABEL_COLOURS,
 ) -> Path:
     """Draw the Fig. 3 grid for one case and save it as a PNG.
 
@@ -214,7 +214,7 @@ def figure3(
         for j, m in enumerate(show):
             draw(axes[r, len(modalities) + j], normalise(synth[..., k, modalities.index(m)], windows[m]), cmap="gray")
         first = next(m for m in modalities if m in subset)
-        draw(axes[r, -1], overlay(inputs[first][..., k], seg[..., k], alpha, window=windows[first]))
+        draw(axes[r, -1], overlay(inputs[first][..., k], seg[..., k], alpha, window=windows[first], colours=colours))
         axes[r, 0].set_ylabel("+".join(m for m in modalities if m in subset), fontsize=8)
     for c, title in enumerate(titles):
         axes[0, c].set_title(title, fontsize=9)

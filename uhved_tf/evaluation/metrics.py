@@ -1,9 +1,9 @@
 """Segmentation metrics for BraTS-style evaluation (pure NumPy / SciPy: arrays in, numbers out).
 
 Regions
-    BraTS scores three nested regions built from the label values, not the labels themselves:
-    whole tumour = {1, 2, 4}, tumour core = {1, 4}, enhancing tumour = {4} (:data:`REGIONS`).
-    Another label map (e.g. BraTS 2023, where enhancing tumour is 3) is passed as ``label_values``.
+    BraTS scores nested regions built from the label values, not the labels themselves; which
+    values make up each region is the dataset's convention (:mod:`uhved_tf.convention`, passed
+    as ``label_values``; the default :data:`REGIONS` is BraTS 2018-2021's).
 
 Conventions for empty masks (every metric is finite, never NaN)
     ============  ==========================  =====================================================
@@ -42,12 +42,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
+
+from uhved_tf.convention import PRESETS
 from uhved_tf.errors import did_you_mean
 
 logger = logging.getLogger(__name__)
 
-REGIONS: dict[str, tuple[int, ...]] = {"whole": (1, 2, 4), "core": (1, 4), "enhancing": (4,)}
-"""BraTS label values that make up each evaluated region."""
+REGIONS: dict[str, tuple[int, ...]] = PRESETS["brats2018"].region_map
+"""Default regions (BraTS 2018-2021); the configured ones come from :mod:`uhved_tf.convention`."""
 
 __all__ = ["REGIONS", "region_mask", "dice", "hd95", "sensitivity", "specificity", "postprocess_enhancing",
            "evaluate_case", "volumes_ml"]
@@ -169,7 +171,8 @@ def hd95(pred, ref, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
 
 
 def postprocess_enhancing(
-    labels: np.ndarray, et_min_voxels: int = 500, core_value: int = 1, et_value: int = 4
+    labels: np.ndarray, et_min_voxels: int = 500, core_value: int = PRESETS["brats2018"].core,
+    et_value: int = PRESETS["brats2018"].enhancing
 ) -> np.ndarray:
     """The usual BraTS post-processing of a predicted label map.
 
@@ -200,8 +203,8 @@ def evaluate_case(
     et_min_voxels: int = 500,
     *,
     label_values: Mapping[str, Sequence[int]] = REGIONS,
-    core_value: int = 1,
-    et_value: int = 4,
+    core_value: int = PRESETS["brats2018"].core,
+    et_value: int | None = PRESETS["brats2018"].enhancing,
 ) -> dict[str, float]:
     """All per-region metrics of one case.
 
@@ -210,7 +213,7 @@ def evaluate_case(
         spacing: voxel size in mm per axis.
         et_min_voxels: threshold of :func:`postprocess_enhancing` for the ``*_pp`` keys.
         label_values: region name -> label values (default :data:`REGIONS`).
-        core_value, et_value: labels used by the post-processing.
+        core_value, et_value: labels used by the post-processing (``et_value`` None: no ``*_pp`` keys).
 
     Returns:
         ``{"dice_<region>", "hd95_<region>", "sensitivity_<region>", "specificity_<region>"}`` for
@@ -231,7 +234,7 @@ def evaluate_case(
         result[f"hd95_{region}"] = hd95(p, r, sp)
         result[f"sensitivity_{region}"] = sensitivity(p, r)
         result[f"specificity_{region}"] = specificity(p, r)
-    if "enhancing" in label_values:
+    if "enhancing" in label_values and et_value is not None:
         pp = postprocess_enhancing(pred_labels, et_min_voxels, core_value=core_value, et_value=et_value)
         p = region_mask(pp, "enhancing", label_values)
         r = region_mask(ref_labels, "enhancing", label_values)

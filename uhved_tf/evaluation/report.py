@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from uhved_tf.data import preprocessing as pp
+from uhved_tf.convention import Convention
+from uhved_tf.convention import from_config as convention_from_config
 from uhved_tf.subset import Subset
 from uhved_tf.io.atomic import atomic_write_csv, atomic_write_text
 from uhved_tf.evaluation.metrics import evaluate_case
@@ -39,13 +41,22 @@ class Evaluation:
 
     subsets: tuple
     modalities: tuple
-    label_values: tuple
+    convention: Convention
     et_min_voxels: int = 0
 
     @classmethod
     def from_config(cls, cfg, subsets) -> "Evaluation":
         return cls(tuple(Subset(s, cfg.modalities) for s in subsets), tuple(cfg.modalities),
-                   tuple(cfg.task.label_values), cfg.evaluation.et_min_voxels)
+                   convention_from_config(cfg), cfg.evaluation.et_min_voxels)
+
+    @property
+    def label_values(self) -> tuple:
+        return self.convention.label_values
+
+    def score(self, pred, ref, spacing) -> dict:
+        c = self.convention
+        return evaluate_case(pred, ref, spacing, et_min_voxels=self.et_min_voxels, label_values=c.region_map,
+                             core_value=c.core, et_value=c.enhancing)
 
 
 def evaluate_cases(cases, count: int, predict, ev: Evaluation, models: list, out_dir: Path, progress=True,
@@ -64,6 +75,7 @@ def evaluate_cases(cases, count: int, predict, ev: Evaluation, models: list, out
     bar = Progress(count, desc="evaluate", enabled=progress)
     for subject, case, label_file in cases:
         ref, spacing = _read_reference(label_file)
+        ev.convention.check_values(np.unique(ref), str(label_file))
         by_subset = predict(case)
         brain = np.any(case.image != 0, axis=-1)
         figure_rows = []
@@ -72,7 +84,7 @@ def evaluate_cases(cases, count: int, predict, ev: Evaluation, models: list, out
             classes = np.argmax(res["seg_prob"], axis=-1).astype(np.int32)
             labels = pp.unmap_labels(pp.uncrop(classes, case.box, fill=0), ev.label_values, dtype=np.int32)
             pred = to_original_grid(labels, case.geometry, interp_order=0)
-            scores = evaluate_case(pred, ref, spacing, et_min_voxels=ev.et_min_voxels)
+            scores = ev.score(pred, ref, spacing)
             if "synth" in res:
                 present = [mods.index(m) for m, on in zip(mods, case.data_mask) if on]
                 scores.update(synthesis_scores(res["synth"][..., present], case.image[..., present], brain,
@@ -85,13 +97,14 @@ def evaluate_cases(cases, count: int, predict, ev: Evaluation, models: list, out
             from uhved_tf.evaluation.figure import figure3
             inputs = {m: case.image[..., i] for i, m in enumerate(mods)}
             show = tuple(m for m in ("Flair", "T1") if m in mods) or tuple(mods[:2])
-            path = figure3(inputs, figure_rows, mods, out_dir / f"figure_{subject.id}.png", show=show)
+            colours = {k: tuple(c / 255.0 for c in rgb) for k, rgb in ev.convention.colours}
+            path = figure3(inputs, figure_rows, mods, out_dir / f"figure_{subject.id}.png", show=show, colours=colours)
             log.info("figure written to %s", path)
             figure = False
         bar.update(1, subject.id)
     bar.close()
     summary = summarise(rows, ev.subsets)
-    write_reports(rows, summary, ev.subsets, mods, out_dir)
+    write_reports(rows, summary, ev.subsets, mods, out_dir, ev.convention.region_map)
     atomic_write_text(out_dir / "models.json", json.dumps(models, indent=2) + "\n")
     return {"rows": rows, "summary": summary, "out_dir": str(out_dir)}
 
@@ -107,7 +120,7 @@ def summarise(rows, subsets) -> dict:
     return out
 
 
-def write_reports(rows, summary, subsets, modalities, out_dir: Path) -> None:
+def write_reports(rows, summary, subsets, modalities, out_dir: Path, regions=("whole", "core", "enhancing")) -> None:
     """Every report file written atomically (an interrupted run never leaves half a table)."""
     if rows:
         fields = list(rows[0])
@@ -116,25 +129,61 @@ def write_reports(rows, summary, subsets, modalities, out_dir: Path) -> None:
     atomic_write_csv(out_dir / "per_subset.csv", ["subset", *keys],
                      [[name, *[vals.get(k, "") for k in keys]] for name, vals in summary.items()])
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
-    atomic_write_text(out_dir / "table.md", markdown_table(summary, subsets, modalities))
+    atomic_write_text(out_dir / "table.md", markdown_table(summary, subsets, modalities, tuple(regions)))
     if any(k.startswith("psnr_") for v in summary.values() for k in v):
         atomic_write_text(out_dir / "synthesis.md", synthesis_table_markdown(summary, subsets, modalities))
 
 
-def markdown_table(summary, subsets, modalities) -> str:
-    """Rows = subsets with ●/○ per modality, columns = Dice (%) per region, plus the mean row."""
-    head = "| " + " | ".join(modalities) + " | Dice whole | Dice core | Dice enhancing | HD95 whole (mm) |"
-    sep = "|" + "---|" * (len(modalities) + 4)
-    lines = [head, sep]
+def markdown_table(summary, subsets, modalities, regions=("whole", "core", "enhancing")) -> str:
+    """Rows = subsets with ●/○ per modality, columns = Dice (%) per region and the first region's
+    HD95, plus the mean row."""
+    keys = [f"dice_{r}" for r in regions] + [f"hd95_{regions[0]}"]
+    head = ("| " + " | ".join(modalities) + " | " + " | ".join(f"Dice {r}" for r in regions) +
+            f" | HD95 {regions[0]} (mm) |")
+    lines = [head, "|" + "---|" * (len(modalities) + len(keys))]
+
+    def cells(v) -> str:
+        return " | ".join(f"{(100 if k.startswith('dice') else 1) * v[k]:.1f}" for k in keys) + " |"
     for subset in subsets:
-        v = summary[Subset(subset, modalities).name]
         marks = ["●" if m in subset else "○" for m in modalities]
-        lines.append("| " + " | ".join(marks) + f" | {100 * v['dice_whole']:.1f} | {100 * v['dice_core']:.1f} | "
-                     f"{100 * v['dice_enhancing']:.1f} | {v['hd95_whole']:.1f} |")
+        lines.append("| " + " | ".join(marks) + " | " + cells(summary[Subset(subset, modalities).name]))
     if len(subsets) > 1:
-        mean = {k: np.mean([summary[Subset(s, modalities).name][k] for s in subsets])
-                for k in ("dice_whole", "dice_core", "dice_enhancing", "hd95_whole")}
-        lines.append("| " + " | ".join(["Mean"] + [""] * (len(modalities) - 1)) +
-                     f" | {100 * mean['dice_whole']:.1f} | {100 * mean['dice_core']:.1f} | "
-                     f"{100 * mean['dice_enhancing']:.1f} | {mean['hd95_whole']:.1f} |")
+        mean = {k: np.mean([summary[Subset(s, modalities).name][k] for s in subsets]) for k in keys}
+        lines.append("| " + " | ".join(["Mean"] + [""] * (len(modalities) - 1)) + " | " + cells(mean))
     return "\n".join(lines) + "\n"
+
+
+def score_predictions(pairs, ev: Evaluation, out_dir: Path, missing=(), extra=(), progress=True) -> dict:
+    """``evaluate --predictions``: score segmentation files made by anything (this tool, nnU-Net...)
+    against the ground truth, in the reference's grid, with the convention's regions; no model.
+    ``pairs``: ``(subject id, prediction file, label file)``. The subjects without a prediction
+    (``missing``) and the prediction files of no subject (``extra``) are listed in ``summary.json``
+    and ``unmatched.txt``, never dropped silently."""
+    from uhved_tf.errors import DataError
+    from uhved_tf.training.progress import Progress
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    bar = Progress(len(pairs), desc="evaluate", enabled=progress)
+    for sid, pred_file, label_file in pairs:
+        ref, spacing = _read_reference(label_file)
+        pred, _ = _read_reference(pred_file)
+        if pred.shape != ref.shape:
+            raise DataError(f"{pred_file}: shape {pred.shape} but its ground truth {label_file} has {ref.shape}; "
+                            f"predictions must be on the label file's grid")
+        ev.convention.check_values(np.unique(ref), str(label_file))
+        ev.convention.check_values(np.unique(pred), str(pred_file))
+        rows.append({"subject": sid, "subset": "predictions", **ev.score(pred, ref, spacing)})
+        bar.update(1, sid)
+    bar.close()
+    summary = {"predictions": {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in
+                               ("subject", "subset")} if rows else {}}
+    summary["predictions"]["cases"] = len(rows)
+    summary["unmatched"] = {"subjects_without_prediction": list(missing), "predictions_without_subject": list(extra)}
+    if rows:
+        fields = list(rows[0])
+        atomic_write_csv(out_dir / "per_case.csv", fields, [[r[k] for k in fields] for r in rows])
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out_dir / "unmatched.txt", "".join(f"no prediction: {s}\n" for s in missing) +
+                      "".join(f"no subject: {f}\n" for f in extra))
+    return {"rows": rows, "summary": summary, "out_dir": str(out_dir)}

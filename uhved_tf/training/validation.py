@@ -21,9 +21,6 @@ from uhved_tf.subset import Subset
 
 log = logging.getLogger(__name__)
 
-REGIONS = ("whole", "core", "enhancing")
-# RGB per BraTS label for the segmentation images: green oedema, red core, blue enhancing.
-LABEL_COLOURS = {0: (0, 0, 0), 1: (255, 0, 0), 2: (0, 255, 0), 4: (0, 0, 255)}
 
 
 class Validator:
@@ -33,29 +30,32 @@ class Validator:
     samples=0)``: the inference step of the model being trained (it holds the model: the weights
     change between rounds, the traced functions are reused)."""
 
-    def __init__(self, cases, subsets, predict, modalities, label_values):
+    def __init__(self, cases, subsets, predict, modalities, convention):
         self.cases = [c for c in cases if c.label is not None]
         self.subsets = [tuple(s) for s in subsets]
         self.predict = predict
         self.modalities = tuple(modalities)
-        self.label_values = np.asarray(label_values)
+        self.convention = convention
+        self.label_values = np.asarray(convention.label_values)
+        self.regions = convention.region_map
 
     def __call__(self, model=None) -> dict:
-        per = {(r, s): [] for r in REGIONS for s in self.subsets}
+        regions = self.regions
+        per = {(r, s): [] for r in regions for s in self.subsets}
         images = {}
         for i, case in enumerate(self.cases):
             results = self.predict(case, self.subsets, samples=0)
             ref = self.label_values[case.label]
             for subset, res in zip(self.subsets, results):
                 pred = self.label_values[np.argmax(res["seg_prob"], axis=-1)]
-                for r in REGIONS:
-                    per[(r, subset)].append(dice(region_mask(pred, r), region_mask(ref, r)))
+                for r in regions:
+                    per[(r, subset)].append(dice(region_mask(pred, r, regions), region_mask(ref, r, regions)))
             if i == 0:
                 images = self._images(case, results, ref)
         out = {f"dice/{r}/{Subset(s, self.modalities).name}": float(np.mean(v)) for (r, s), v in per.items()}
-        for r in REGIONS:
+        for r in regions:
             out[f"dice/{r}"] = float(np.mean([np.mean(per[(r, s)]) for s in self.subsets]))
-        out["score"] = float(np.mean([out[f"dice/{r}"] for r in REGIONS]))
+        out["score"] = float(np.mean([out[f"dice/{r}"] for r in regions]))
         out["images"] = images
         return out
 
@@ -68,8 +68,9 @@ class Validator:
             if "synth" in full:
                 imgs[f"synth/{m}"] = _gray(full["synth"][:, :, z, i])
         pred = self.label_values[np.argmax(full["seg_prob"], axis=-1)]
-        imgs["segmentation/prediction"] = _colour(pred[:, :, z])
-        imgs["segmentation/ground_truth"] = _colour(ref[:, :, z])
+        colours = self.convention.colour_map
+        imgs["segmentation/prediction"] = _colour(pred[:, :, z], colours)
+        imgs["segmentation/ground_truth"] = _colour(ref[:, :, z], colours)
         return imgs
 
 
@@ -79,9 +80,9 @@ def _gray(slice2d) -> np.ndarray:
     return np.repeat((255 * scaled).astype(np.uint8)[..., None], 3, axis=-1)
 
 
-def _colour(labels2d) -> np.ndarray:
+def _colour(labels2d, colours) -> np.ndarray:
     out = np.zeros(labels2d.shape + (3,), np.uint8)
-    for value, rgb in LABEL_COLOURS.items():
+    for value, rgb in colours.items():
         out[labels2d == value] = rgb
     return out
 
