@@ -795,6 +795,14 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
 }
 KEYS_BY_SECTION: dict[str, dict[str, Key]] = {s: {k.name: k for k in keys} for s, keys in SCHEMA.items()}
 
+
+
+def default(section: str, key: str):
+    """The schema's default of ``[section] key``: settings objects outside the config take their
+    defaults from here, so that a default is written once."""
+    return KEYS_BY_SECTION[section][key].default
+
+
 for _section, _keys in SCHEMA.items():  # the schema is data: check it once, at import
     assert len(KEYS_BY_SECTION[_section]) == len(_keys), f"duplicate key in {_section}"
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from uhved_tf.config.schema import default
 from uhved_tf.convention import PRESETS
 from uhved_tf.data import preprocessing as pp
 from uhved_tf.errors import DataError
@@ -44,17 +45,17 @@ class PreprocessSettings:
     label_values: tuple[int, ...] = PRESETS["brats2018"].label_values
     axcodes: tuple[str, ...] | None = None
     pixdim: tuple[float, ...] | None = None
-    image_interp_order: int = 1
+    image_interp_order: int = default("INPUT", "interp_order")
     label_interp_order: int = 0
-    whitening: bool = True
-    normalise_foreground_only: bool = True
-    foreground_type: str = "mean_plus"
-    volume_padding_size: tuple[int, int, int] = (0, 0, 0)
+    whitening: bool = default("NETWORK", "whitening")
+    normalise_foreground_only: bool = default("NETWORK", "normalise_foreground_only")
+    foreground_type: str = default("NETWORK", "foreground_type")
+    volume_padding_size: tuple[int, int, int] = default("NETWORK", "volume_padding_size")
     min_shape: tuple[int, int, int] = (1, 1, 1)
-    nan_policy: str = "error"
+    nan_policy: str = default("NETWORK", "nan_policy")
     landmarks: dict | None = None          # Nyul landmarks per modality (None: not used)
-    cutoff: tuple[float, float] = (0.01, 0.99)
-    norm_type: str = "percentile"
+    cutoff: tuple[float, float] = default("NETWORK", "cutoff")
+    norm_type: str = default("NETWORK", "norm_type")
     geometry_tolerance: float = 1e-3       # mm, for comparing the modalities' affines
 
     @classmethod

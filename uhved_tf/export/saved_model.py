@@ -65,6 +65,7 @@ import time
 import uuid
 from pathlib import Path
 
+from uhved_tf.config.schema import default
 from uhved_tf.errors import UhvedError
 from uhved_tf.model_dir import ModelDir
 
@@ -150,13 +151,13 @@ class ExportSettings:
     modalities: tuple[str, ...]
     label_values: tuple[int, ...]
     window: tuple[int, int, int]
-    samples: int = 0
-    seed: int = 0
-    overlap: float = 0.5
-    blend_mode: str = "gaussian"
-    border: tuple[int, int, int] = (0, 0, 0)
-    window_batch_size: int = 1
-    tta: bool = False
+    samples: int = default("INFERENCE", "samples")
+    seed: int = default("SYSTEM", "seed")
+    overlap: float = default("INFERENCE", "window_overlap")
+    blend_mode: str = default("INFERENCE", "blend_mode")
+    border: tuple[int, int, int] = default("INFERENCE", "border")
+    window_batch_size: int = default("NETWORK", "batch_size")
+    tta: bool = default("INFERENCE", "tta")
     sigma_scale: float = SIGMA_SCALE
 
     @classmethod
