@@ -30,8 +30,6 @@ from pathlib import Path
 from uhved_tf.model_dir import ModelDir
 from uhved_tf.io.atomic import atomic_write_text
 
-REGIONS = ("whole", "core", "enhancing")
-
 
 @dataclass
 class Run:
@@ -85,10 +83,7 @@ class Study:
         sets.update({"SYSTEM.model_dir": str(self.model_dir(run)),
                      "SYSTEM.dataset_split_file": str(self.out / ModelDir.SPLIT)})
         sets.update(run.sets)
-        args: list[str] = list(run.extra)
-        for key, value in sets.items():
-            args += ["--set", f"{key}={value}"]
-        return args
+        return [*run.extra, *(arg for key, value in sets.items() for arg in ("--set", f"{key}={value}"))]
 
     # --- running ------------------------------------------------------------------------------
     def ensure_data(self) -> None:
@@ -96,11 +91,8 @@ class Study:
             return
         from uhved_tf.demo.synthetic import make_demo_dataset
         self.progress(f"generating {self.subjects} demo subjects in {self.data}")
-        if self.quick_data:
-            make_demo_dataset(self.data, n_subjects=self.subjects, shape=(32, 32, 24), spacing=(6.0, 6.0, 6.0),
-                              seed=0)
-        else:
-            make_demo_dataset(self.data, n_subjects=self.subjects, seed=0)
+        quick = {"shape": (32, 32, 24), "spacing": (6.0, 6.0, 6.0)} if self.quick_data else {}
+        make_demo_dataset(self.data, n_subjects=self.subjects, **quick, seed=0)
 
     def cli(self, args) -> float:
         """``python -m uhved_tf ARGS`` with its output appended to the log; returns the wall time."""
@@ -148,11 +140,8 @@ class Study:
         if not (target / "per_case.csv").exists() or not models:
             return False
         for entry in models:
-            folder = ModelDir(entry["model_dir"])
-            if self.checkpoint in ("best", "latest"):
-                have = folder.saved_iterations(best=self.checkpoint == "best")
-            else:
-                have = [int(self.checkpoint)]
+            have = (ModelDir(entry["model_dir"]).saved_iterations(best=self.checkpoint == "best")
+                    if self.checkpoint in ("best", "latest") else [int(self.checkpoint)])
             if not have or entry.get("iteration") != have[-1] or entry.get("checkpoint") != self.checkpoint:
                 return False
         return True
@@ -243,9 +232,7 @@ def table1_command(args, cfg, extra) -> int:
     methods = parse_methods(args.methods, config)
     check_like_for_like(methods, extra, args.set_overrides)
     out = Path(args.output) if args.output else Path(cfg.system.model_dir).parent / "table1"
-    set_args = []
-    for s in args.set_overrides:
-        set_args += ["--set", s]
+    set_args = [arg for s in args.set_overrides for arg in ("--set", s)]
     runs = [Run(DISPLAY.get(name.lower(), name), cfg_path, {"NETWORK.name": name}, extra=[*extra, *set_args],
                 train_flags=["--all-subsets"] if name.lower() == "single" else [])
             for name, cfg_path in methods]

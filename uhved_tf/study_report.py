@@ -116,14 +116,9 @@ def write_report(study, name: str, reference: str | None, title: str) -> Path:
     from uhved_tf.evaluation.compare import compare, load_per_case
 
     out = study.out
-    rows = {}
-    missing = []
-    for run in study.runs:
-        path = study.eval_dir(run) / "per_case.csv"
-        if path.exists():
-            rows[run.label] = load_per_case(path)
-        else:
-            missing.append(run.label)
+    paths = {run.label: study.eval_dir(run) / "per_case.csv" for run in study.runs}
+    rows = {label: load_per_case(path) for label, path in paths.items() if path.exists()}
+    missing = [label for label, path in paths.items() if not path.exists()]
     report = out / f"{name}.md"
     if not rows:
         atomic_write_text(report, f"# {title}\n\nNo run has been evaluated yet ({', '.join(missing)}).\n")
@@ -133,12 +128,8 @@ def write_report(study, name: str, reference: str | None, title: str) -> Path:
     subsets = ordered_subsets(modalities)
     means = {label: means_by_subset(rows[label], subsets) for label in labels}
     ref = reference if reference in rows else None
-    tests = {}
-    if ref:
-        for label in labels:
-            if label != ref:
-                for e in compare(rows[ref], rows[label], regions=REGIONS):
-                    tests[(label, e["subset"], e["region"])] = e
+    tests = {(label, e["subset"], e["region"]): e for label in labels if ref and label != ref
+             for e in compare(rows[ref], rows[label], regions=REGIONS)}
     times = study.times()
     iterations = {run.label: trained_iterations(study.model_dir(run)) for run in study.runs}
     n_cases = max((v.get("n", 0) for m in means.values() for v in m.values()), default=0)
@@ -193,10 +184,8 @@ def write_report(study, name: str, reference: str | None, title: str) -> Path:
                 continue
             counts = [sum(1 for s in subsets if s in means[label] and s in means[ref]
                           and round(means[label][s][reg], 6) >= round(means[ref][s][reg], 6)) for reg in REGIONS]
-            sig = [sum(1 for s in subsets if (e := tests.get((label, s, reg))) and e["significant"]
-                       and e["better"] == "B") for reg in REGIONS]
-            worse = [sum(1 for s in subsets if (e := tests.get((label, s, reg))) and e["significant"]
-                         and e["better"] == "A") for reg in REGIONS]
+            sig, worse = ([sum(1 for s in subsets if (e := tests.get((label, s, reg))) and e["significant"]
+                               and e["better"] == side) for reg in REGIONS] for side in "BA")
             lines.append(f"| {label} | " + " | ".join(map(str, counts)) + " | "
                          + ", ".join(f"{SHORT[r]} {b}/{w}" for r, b, w in zip(REGIONS, sig, worse)) + " |")
         lines.append("")
@@ -260,9 +249,14 @@ def write_report(study, name: str, reference: str | None, title: str) -> Path:
                 row.append("–" if r is None else " / ".join(_fmt(r.get(f"dice/{reg}")) for reg in REGIONS))
             lines.append(f"| {it} | " + " | ".join(row) + " |")
         lines.append("")
-        _plot_curves(curves, out / f"{name}_curves.png")
+        keys = [("score", "mean of the regions")] + [(f"dice/{r}", f"{r} tumour") for r in REGIONS]
+        _plot(out / f"{name}_curves.png", [(title, {label: [(r["iteration"], 100 * r[key]) for r in rs if key in r]
+                                                    for label, rs in curves.items()}) for key, title in keys],
+              (4.0, 3.6), "iteration", ".", "validation Dice (%)")
         lines += [f"![validation Dice against iterations]({name}_curves.png)", ""]
-    _plot_sizes(sizes, ks, out / f"{name}_dice_by_modalities.png")
+    _plot(out / f"{name}_dice_by_modalities.png",
+          [(f"{reg} tumour", {label: [(k, 100 * by_k[k][reg]) for k in ks] for label, by_k in sizes.items()})
+           for reg in REGIONS], (4.2, 3.8), "available modalities", "o", "mean Dice (%)", xticks=ks)
     lines += [f"![Dice by number of modalities]({name}_dice_by_modalities.png)", ""]
     atomic_write_text(report, "\n".join(lines))
     atomic_write_csv(out / f"{name}.csv",
@@ -273,42 +267,23 @@ def write_report(study, name: str, reference: str | None, title: str) -> Path:
     return report
 
 
-def _plot_sizes(sizes, ks, path: Path) -> None:
+def _plot(path: Path, panels, size, xlabel: str, marker: str, ylabel: str, xticks=None) -> None:
+    """Side-by-side panels sharing the y axis, one per ``(title, {run: [(x, y), ...]})``; ``size`` per panel."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(REGIONS), figsize=(4.2 * len(REGIONS), 3.8), sharey=True)
-    for ax, reg in zip(axes, REGIONS):
-        for label, by_k in sizes.items():
-            ax.plot(ks, [100 * by_k[k][reg] for k in ks], marker="o", label=label)
-        ax.set_title(f"{reg} tumour")
-        ax.set_xlabel("available modalities")
-        ax.set_xticks(ks)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mean Dice (%)")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_curves(curves, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [("score", "mean of the regions")] + [(f"dice/{r}", f"{r} tumour") for r in REGIONS]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.0 * len(keys), 3.6), sharey=True)
-    for ax, (key, title) in zip(axes, keys):
-        for label, rs in curves.items():
-            pts = [(r["iteration"], 100 * r[key]) for r in rs if key in r]
+    fig, axes = plt.subplots(1, len(panels), figsize=(size[0] * len(panels), size[1]), sharey=True)
+    for ax, (title, series) in zip(axes, panels):
+        for label, pts in series.items():
             if pts:
-                ax.plot(*zip(*pts), marker=".", label=label)
+                ax.plot(*zip(*pts), marker=marker, label=label)
         ax.set_title(title)
-        ax.set_xlabel("iteration")
+        ax.set_xlabel(xlabel)
+        if xticks is not None:
+            ax.set_xticks(xticks)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation Dice (%)")
+    axes[0].set_ylabel(ylabel)
     axes[-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -42,8 +42,7 @@ def resolve_model(name_or_path: str | Path, zoo_dir: Path = ZOO_DIR) -> Path:
                           f"(zoo entries: {names}; `uhved_tf zoo list`)")
     missing = ModelDir(folder).missing_parts()
     if missing:
-        what = ", ".join(missing)
-        raise ConfigError(f"{folder}: not a trained model directory ({what} missing); it must be the "
+        raise ConfigError(f"{folder}: not a trained model directory ({', '.join(missing)} missing); it must be the "
                           f"model_dir of a finished `uhved_tf train`")
     return folder
 

@@ -79,8 +79,15 @@ def rest_url(host: str, port: int, model: str, version: int | None = None) -> st
     return f"http://{_hostport(host, port)}{path}:predict"
 
 
-def _servable(model: str, version: int | None) -> str:
-    return f'model "{model}"' + (f" version {version}" if version is not None else "")
+def _not_found(model: str, version: int | None, where: str, message: str) -> str:
+    return (f'model "{model}"' + (f" version {version}" if version is not None else "") + f" not found at {where}: "
+            f"{message} (check --model / --version against the server's --model_name and model_base_path versions)")
+
+
+def _float32_array(value) -> np.ndarray:
+    """``value`` as an array, float32 if it is a float array (sent exactly as the client holds it)."""
+    arr = np.asarray(value)
+    return arr.astype(np.float32, copy=False) if arr.dtype.kind == "f" else arr
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,10 +100,8 @@ def build_rest_request(inputs: dict, signature: str = SEGMENT_VOLUME) -> dict:
     arrays as integers."""
     body = {}
     for name, value in inputs.items():
-        arr = np.asarray(value)
-        if arr.dtype.kind == "f":
-            arr = arr.astype(np.float32, copy=False)
-        elif arr.dtype.kind not in "iub":
+        arr = _float32_array(value)
+        if arr.dtype.kind not in "fiub":
             raise ValueError(f'input "{name}": unsupported dtype {arr.dtype}')
         body[name] = arr.tolist()
     return {"signature_name": signature, "inputs": body}
@@ -160,8 +165,7 @@ def _rest_error_message(status: int, payload: bytes, where: str, model: str, ver
     message = _one_line(message if message is not None else payload.decode("utf-8", errors="replace")[:300])
     if status == 404:
         if "not found" in message.lower() or not message:
-            return (f"{_servable(model, version)} not found at {where}: {message or 'HTTP 404'} "
-                    f"(check --model / --version against the server's --model_name and model_base_path versions)")
+            return _not_found(model, version, where, message or "HTTP 404")
         return f"{where} answered HTTP 404: {message}"
     return f"TensorFlow Serving at {where} answered HTTP {status}: {message}"
 
@@ -181,10 +185,9 @@ def rest_predict(host: str, port: int, model: str, inputs: dict, signature: str 
             payload = response.read()
     except urllib.error.HTTPError as exc:
         raise ServingError(_rest_error_message(exc.code, exc.read() or b"", where, model, version)) from None
-    except urllib.error.URLError as exc:
-        raise ServingError(_transport_message(exc.reason, where, "REST", timeout)) from None
-    except (TimeoutError, socket.timeout, ConnectionError, OSError) as exc:
-        raise ServingError(_transport_message(exc, where, "REST", timeout)) from None
+    except OSError as exc:  # URLError (its reason), a timeout or a dropped connection
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise ServingError(_transport_message(reason, where, "REST", timeout)) from None
     return parse_rest_response(payload, output_names)
 
 
@@ -227,10 +230,7 @@ def build_grpc_request(inputs: dict, signature: str = SEGMENT_VOLUME, model: str
     if version is not None:
         request.model_spec.version.value = int(version)
     for name, value in inputs.items():
-        arr = np.asarray(value)
-        if arr.dtype.kind == "f":
-            arr = arr.astype(np.float32, copy=False)
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(arr))
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(_float32_array(value)))
     request.output_filter.extend(list(output_filter))
     return request
 
@@ -270,8 +270,7 @@ def _grpc_message(exc, where: str, model: str, version, timeout: float) -> str:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"no answer from TensorFlow Serving at {where} (gRPC) within {timeout:g} s; raise --timeout"
     if code == grpc.StatusCode.NOT_FOUND:
-        return (f"{_servable(model, version)} not found at {where}: {details} (check --model / --version against "
-                f"the server's --model_name and model_base_path versions)")
+        return _not_found(model, version, where, details)
     name = code.name if code is not None else "error"
     return f"TensorFlow Serving at {where} answered {name}: {details}"
 
@@ -299,12 +298,10 @@ def find_metadata(model_dir, model: str, version: int | None, path=None) -> tupl
     base = model_dir.export_dir / model
     versions = existing_versions(base)
     chosen = version if version is not None else (max(versions) if versions else None)
-    if chosen is not None and (base / str(chosen) / "assets" / METADATA_FILE).is_file():
-        p = base / str(chosen) / "assets" / METADATA_FILE
-        return read_export_metadata(p), p
-    p = model_dir.metadata
-    if p.is_file():
-        return read_export_metadata(p), p
+    exported = [base / str(chosen) / "assets" / METADATA_FILE] if chosen is not None else []
+    for p in [*exported, model_dir.metadata]:
+        if p.is_file():
+            return read_export_metadata(p), p
     return None, None
 
 
@@ -356,9 +353,7 @@ def preprocess_settings_for(cfg, meta: dict | None, source=None, *, now: dict, c
                           f"without landmarks; use the training config")
     current = _jsonable(dataclasses.asdict(settings))
     for key, value in saved.items():
-        if key == "landmarks":
-            continue
-        if key in current and _jsonable(value) != current[key]:
+        if key != "landmarks" and key in current and _jsonable(value) != current[key]:
             raise ConfigError(f"{where}: the model was exported with preprocessing {key} = {value} but the config "
                               f"gives {current[key]}; use the training config")
     return settings

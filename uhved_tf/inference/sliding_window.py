@@ -45,23 +45,10 @@ MIN_GAUSSIAN_WEIGHT = 1e-3
 """Floor of the Gaussian weights (relative to their maximum 1) inside a window's valid region, so no
 voxel of a window's valid output is ignored and the weighted average is defined everywhere."""
 
-__all__ = [
-    "BLEND_MODES",
-    "axis_pads",
-    "axis_starts",
-    "multiple_pads",
-    "window_steps",
-    "window_starts",
-    "grid_positions",
-    "blending_weights",
-    "pad_to_multiple",
-    "sliding_window_inference",
-]
+__all__ = ["BLEND_MODES", "axis_pads", "axis_starts", "multiple_pads", "window_steps", "window_starts",
+           "grid_positions", "blending_weights", "pad_to_multiple", "sliding_window_inference"]
 
 
-# --------------------------------------------------------------------------------------------------
-# argument checking
-# --------------------------------------------------------------------------------------------------
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -80,13 +67,14 @@ def _triple(value, name: str, minimum: int) -> tuple[int, int, int]:
     return tuple(int(v) for v in values)  # type: ignore[return-value]
 
 
-def _check_border(window: tuple[int, int, int], border: tuple[int, int, int]) -> None:
+def _window_border(window, name: str, border) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(window3, border3)`` as checked triples, with a valid (non-border) output on every axis."""
+    window, border = _triple(window, name, 1), _triple(border, "border", 0)
     for axis, (w, b) in enumerate(zip(window, border)):
         if 2 * b >= w:
-            raise ValueError(
-                f"border {border} leaves no valid output in window {window}: axis {axis} needs "
-                f"2 * border < window, got 2 * {b} >= {w}"
-            )
+            raise ValueError(f"border {border} leaves no valid output in window {window}: axis {axis} needs "
+                             f"2 * border < window, got 2 * {b} >= {w}")
+    return window, border
 
 
 def _check_overlap(overlap) -> float:
@@ -95,9 +83,6 @@ def _check_overlap(overlap) -> float:
     return float(overlap)
 
 
-# --------------------------------------------------------------------------------------------------
-# grid
-# --------------------------------------------------------------------------------------------------
 def window_starts(size: int, window: int, step: int) -> list[int]:
     """Start indices of windows of length ``window`` that cover ``[0, size)`` with stride ``step``.
 
@@ -106,9 +91,7 @@ def window_starts(size: int, window: int, step: int) -> list[int]:
     If ``size <= window`` the only start is 0 (the caller pads the volume up to the window).
     ``step`` must be at most ``window`` (a larger step would leave gaps).
     """
-    size = _check_int(size, "size", 1)
-    window = _check_int(window, "window", 1)
-    step = _check_int(step, "step", 1)
+    size, window, step = (_check_int(v, name, 1) for v, name in ((size, "size"), (window, "window"), (step, "step")))
     if step > window:
         raise ValueError(f"step ({step}) must be <= window ({window}), otherwise the windows leave gaps")
     return [int(s) for s in axis_starts(max(size, window), window, step)]
@@ -140,12 +123,8 @@ def window_steps(window3, overlap: float, border3) -> tuple[int, ...]:
     return tuple(max(1, int((w - 2 * b) * (1.0 - overlap))) for w, b in zip(window3, border3))
 
 
-def grid_positions(
-    shape3: Sequence[int],
-    window3: Sequence[int],
-    overlap: float,
-    border: Sequence[int] | int = (0, 0, 0),
-) -> list[tuple[int, int, int]]:
+def grid_positions(shape3: Sequence[int], window3: Sequence[int], overlap: float,
+                   border: Sequence[int] | int = (0, 0, 0)) -> list[tuple[int, int, int]]:
     """Start corners of all windows tiling ``shape3`` (C order: the last axis varies fastest).
 
     The step per axis is ``max(1, int((window - 2·border) * (1 - overlap)))``, i.e. ``overlap`` is
@@ -153,21 +132,14 @@ def grid_positions(
     ``max(1, int(window * (1 - overlap)))`` as in MONAI.
     """
     shape3 = _triple(shape3, "shape3", 1)
-    window3 = _triple(window3, "window3", 1)
-    border3 = _triple(border, "border", 0)
-    _check_border(window3, border3)
-    overlap = _check_overlap(overlap)
-    steps = window_steps(window3, overlap, border3)
+    window3, border3 = _window_border(window3, "window3", border)
+    steps = window_steps(window3, _check_overlap(overlap), border3)
     per_axis = [window_starts(n, w, step) for n, w, step in zip(shape3, window3, steps)]
     return [tuple(p) for p in product(*per_axis)]  # type: ignore[misc]
 
 
-def blending_weights(
-    window3: Sequence[int],
-    mode: str = "gaussian",
-    sigma_scale: float = 0.125,
-    border: Sequence[int] | int = (0, 0, 0),
-) -> np.ndarray:
+def blending_weights(window3: Sequence[int], mode: str = "gaussian", sigma_scale: float = 0.125,
+                     border: Sequence[int] | int = (0, 0, 0)) -> np.ndarray:
     """Per-voxel weight of a window's prediction, float32 array of shape ``window3``.
 
     * ``"constant"``: 1 in the valid region.
@@ -177,9 +149,7 @@ def blending_weights(
 
     The ``border`` voxels on each side of each axis (NiftyNet's ``border``) get weight 0.
     """
-    window3 = _triple(window3, "window3", 1)
-    border3 = _triple(border, "border", 0)
-    _check_border(window3, border3)
+    window3, border3 = _window_border(window3, "window3", border)
     if mode not in BLEND_MODES:
         raise ValueError(f'Unknown blend mode "{mode}"; valid modes: {", ".join(BLEND_MODES)}')
     inner = tuple(w - 2 * b for w, b in zip(window3, border3))
@@ -199,12 +169,8 @@ def blending_weights(
     return weights
 
 
-# --------------------------------------------------------------------------------------------------
-# padding
-# --------------------------------------------------------------------------------------------------
-def pad_to_multiple(
-    volume: np.ndarray, multiple: int | Sequence[int], pad_value: float = 0.0
-) -> tuple[np.ndarray, tuple[slice, ...]]:
+def pad_to_multiple(volume: np.ndarray, multiple: int | Sequence[int],
+                    pad_value: float = 0.0) -> tuple[np.ndarray, tuple[slice, ...]]:
     """Pad the leading axes of ``volume`` symmetrically (constant) up to multiples of ``multiple``.
 
     Args:
@@ -217,15 +183,10 @@ def pad_to_multiple(
         ``(padded, crop_slices)`` with ``padded[crop_slices]`` equal to ``volume``.
     """
     volume = np.asarray(volume)
-    if _is_int(multiple):
-        multiples = (int(multiple),) * min(3, volume.ndim)
-    else:
-        multiples = tuple(multiple)
+    multiples = (int(multiple),) * min(3, volume.ndim) if _is_int(multiple) else tuple(multiple)
     if len(multiples) > volume.ndim or not all(_is_int(m) and m >= 1 for m in multiples):
-        raise ValueError(
-            f"multiple must be integer(s) >= 1, at most one per axis of the volume (shape {volume.shape}); "
-            f"got {multiple!r}"
-        )
+        raise ValueError(f"multiple must be integer(s) >= 1, at most one per axis of the volume "
+                         f"(shape {volume.shape}); got {multiple!r}")
     pads = [multiple_pads(n, m) for n, m in zip(volume.shape, multiples)] + [(0, 0)] * (volume.ndim - len(multiples))
     crop = tuple(slice(before, before + n) for (before, _), n in zip(pads, volume.shape))
     if not any(before or after for before, after in pads):
@@ -233,48 +194,34 @@ def pad_to_multiple(
     return np.pad(volume, pads, mode="constant", constant_values=pad_value), crop
 
 
-# --------------------------------------------------------------------------------------------------
-# inference
-# --------------------------------------------------------------------------------------------------
 def _check_outputs(outputs, n: int, window: tuple[int, int, int], channels: dict[str, int] | None) -> dict:
     if not isinstance(outputs, Mapping) or not outputs:
-        raise ValueError(
-            f"predictor must return a non-empty dict {{name: array [N, d, h, w, K]}}; got {type(outputs).__name__}"
-        )
+        raise ValueError(f"predictor must return a non-empty dict {{name: array [N, d, h, w, K]}}; "
+                         f"got {type(outputs).__name__}")
     if channels is not None and set(outputs) != set(channels):
-        raise ValueError(
-            f"predictor returned keys {sorted(outputs)} for this batch but {sorted(channels)} for the first one"
-        )
+        raise ValueError(f"predictor returned keys {sorted(outputs)} for this batch but {sorted(channels)} "
+                         f"for the first one")
     arrays = {}
     expected = (n, *window)
+    shown = ", ".join(map(str, expected))
     for key, value in outputs.items():
         arr = np.asarray(value)
         if arr.ndim != 5 or arr.shape[:4] != expected:
-            raise ValueError(
-                f'predictor output "{key}" has shape {arr.shape}; expected ({", ".join(map(str, expected))}, K) '
-                f'for an input batch of shape ({", ".join(map(str, expected))}, C)'
-            )
+            raise ValueError(f'predictor output "{key}" has shape {arr.shape}; expected ({shown}, K) '
+                             f"for an input batch of shape ({shown}, C)")
         if channels is not None and arr.shape[4] != channels[key]:
-            raise ValueError(
-                f'predictor output "{key}" has {arr.shape[4]} channels for this batch but '
-                f"{channels[key]} for the first one"
-            )
+            raise ValueError(f'predictor output "{key}" has {arr.shape[4]} channels for this batch but '
+                             f"{channels[key]} for the first one")
         arrays[key] = arr
     return arrays
 
 
-def sliding_window_inference(
-    volume: np.ndarray,
-    window: Sequence[int] | int,
-    predictor: Callable[[np.ndarray], Mapping[str, np.ndarray]],
-    overlap: float = 0.5,
-    blend_mode: str = "gaussian",
-    border: Sequence[int] | int = (0, 0, 0),
-    batch_size: int = 1,
-    pad_value: float = 0.0,
-    progress: Callable[[int, int], None] | None = None,
-    sigma_scale: float = 0.125,
-) -> dict[str, np.ndarray]:
+def sliding_window_inference(volume: np.ndarray, window: Sequence[int] | int,
+                             predictor: Callable[[np.ndarray], Mapping[str, np.ndarray]], overlap: float = 0.5,
+                             blend_mode: str = "gaussian", border: Sequence[int] | int = (0, 0, 0),
+                             batch_size: int = 1, pad_value: float = 0.0,
+                             progress: Callable[[int, int], None] | None = None,
+                             sigma_scale: float = 0.125) -> dict[str, np.ndarray]:
     """Predict a whole volume window by window and blend the overlapping window outputs.
 
     Args:
@@ -301,9 +248,7 @@ def sliding_window_inference(
         raise ValueError(f"volume must be [D, H, W, C] (4 dimensions); got shape {vol.shape}")
     if 0 in vol.shape:
         raise ValueError(f"volume must not be empty; got shape {vol.shape}")
-    window3 = _triple(window, "window", 1)
-    border3 = _triple(border, "border", 0)
-    _check_border(window3, border3)
+    window3, border3 = _window_border(window, "window", border)
     overlap = _check_overlap(overlap)
     batch_size = _check_int(batch_size, "batch_size", 1)
     if not callable(predictor):
@@ -313,19 +258,15 @@ def sliding_window_inference(
     # 1. pad: border margin on each side, then (symmetrically) up to the window
     spatial = vol.shape[:3]
     pads = [tuple(int(p) for p in axis_pads(n, w, b)) for n, w, b in zip(spatial, window3, border3)]
-    padded = np.pad(
-        vol.astype(np.float32, copy=False), pads + [(0, 0)], mode="constant", constant_values=pad_value
-    )
+    padded = np.pad(vol.astype(np.float32, copy=False), pads + [(0, 0)], mode="constant", constant_values=pad_value)
     padded_shape = padded.shape[:3]
     crop = tuple(slice(before, before + n) for (before, _), n in zip(pads, spatial))
 
     # 2. grid and total weight per voxel
     positions = grid_positions(padded_shape, window3, overlap, border3)
     total = len(positions)
-    logger.debug(
-        "sliding window: volume %s padded to %s, window %s, border %s, overlap %.3f -> %d windows",
-        spatial, padded_shape, window3, border3, overlap, total,
-    )
+    logger.debug("sliding window: volume %s padded to %s, window %s, border %s, overlap %.3f -> %d windows",
+                 spatial, padded_shape, window3, border3, overlap, total)
 
     def window_slices(start: tuple[int, int, int]) -> tuple[slice, slice, slice]:
         return tuple(slice(s, s + w) for s, w in zip(start, window3))  # type: ignore[return-value]
@@ -335,9 +276,8 @@ def sliding_window_inference(
         weight_sum[window_slices(start)] += weights
     weight_crop = weight_sum[crop]
     if not np.all(weight_crop > 0):  # guaranteed by the padding and the step; a failure here is a bug
-        raise RuntimeError(
-            f"internal error: {int(np.sum(weight_crop <= 0))} voxels not covered by any window's valid region"
-        )
+        raise RuntimeError(f"internal error: {int(np.sum(weight_crop <= 0))} voxels not covered by any window's "
+                           f"valid region")
 
     # 3. predict and accumulate
     accumulators: dict[str, np.ndarray] = {}
@@ -351,12 +291,10 @@ def sliding_window_inference(
             channels = {key: arr.shape[4] for key, arr in outputs.items()}
             accumulators = {key: np.zeros((*padded_shape, k), dtype=np.float32) for key, k in channels.items()}
         for key, arr in outputs.items():
-            acc = accumulators[key]
             for i, start in enumerate(batch_positions):
-                acc[window_slices(start)] += arr[i].astype(np.float32, copy=False) * weights_c
+                accumulators[key][window_slices(start)] += arr[i].astype(np.float32, copy=False) * weights_c
         if progress is not None:
             progress(first + len(batch_positions), total)
 
     # 4. normalise and crop back
-    denominator = weight_crop[..., None]
-    return {key: np.divide(acc[crop], denominator, dtype=np.float32) for key, acc in accumulators.items()}
+    return {key: np.divide(acc[crop], weight_crop[..., None], dtype=np.float32) for key, acc in accumulators.items()}

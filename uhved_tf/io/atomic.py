@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -47,10 +47,8 @@ def atomic_path(path, fsync: bool = False):
                 os.close(fd)
         os.replace(tmp, path)
     finally:
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
 
 
 def atomic_write_text(path, text: str, encoding: str = "utf-8", fsync: bool = False) -> Path:
@@ -66,7 +64,5 @@ def atomic_write_csv(path, header, rows) -> Path:
     import io
 
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
+    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
     return atomic_write_text(path, buf.getvalue())

@@ -191,10 +191,8 @@ def total_loss(outputs, batch, num_classes: int, weights: LossWeights, regulariz
                forms: LossForms = LossForms()):
     """Returns ``(total, terms)``; ``terms`` maps each term's name to its unweighted value."""
     labels = tf.cast(batch["label"], tf.int32)
-    terms = {
-        "dice": soft_dice_loss(outputs["seg_logits"], labels, num_classes, form=forms.dice),
-        "ce": cross_entropy_loss(outputs["seg_logits"], labels),
-    }
+    terms = {"dice": soft_dice_loss(outputs["seg_logits"], labels, num_classes, form=forms.dice),
+             "ce": cross_entropy_loss(outputs["seg_logits"], labels)}
     total = weights.dice * terms["dice"] + weights.ce * terms["ce"]
     if "recon" in outputs:
         data_mask = batch.get("data_mask", tf.ones_like(batch["modality_mask"]))

@@ -28,12 +28,12 @@ class BaseNetwork(keras.Model):
         self.num_classes = int(num_classes)
 
     @classmethod
-    def from_settings(cls, modalities, num_classes, network_settings) -> "BaseNetwork":
-        """Build from the typed ``[NETWORK]`` section. Override to read extra keys."""
+    def from_settings(cls, modalities, num_classes, network_settings, **extra) -> "BaseNetwork":
+        """Build from the typed ``[NETWORK]`` section. Override to read extra keys (given as ``extra``)."""
         return cls(modalities=modalities, num_classes=num_classes,
                    base_width=network_settings.base_width, levels=network_settings.levels,
                    activation=network_settings.activation_function,
-                   weight_decay=network_settings.decay, reg_type=network_settings.reg_type)
+                   weight_decay=network_settings.decay, reg_type=network_settings.reg_type, **extra)
 
     def predict_windows(self, image, modality_mask, samples: int = 0, seed=None):
         """Returns ``{"seg_prob": [B, D, H, W, K]}`` (+ ``"synth"`` [B, D, H, W, M] when available,

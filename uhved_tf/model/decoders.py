@@ -10,20 +10,16 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from uhved_tf.model.blocks import ConvBlock, make_regularizer, upsample2x_trilinear
+from uhved_tf.model.blocks import Configurable, ConvBlock, make_regularizer, upsample2x_trilinear
 
 
-class UNetDecoder(keras.layers.Layer):
+class UNetDecoder(Configurable, keras.layers.Layer):
     def __init__(self, out_channels: int, base_width: int = 8, levels: int = 4,
                  activation: str = "leakyrelu", weight_decay: float = 0.0, reg_type: str = "L2",
                  **kwargs):
         super().__init__(**kwargs)
-        self.out_channels = out_channels
-        self.base_width = base_width
-        self.levels = levels
-        self.activation = activation
-        self.weight_decay = weight_decay
-        self.reg_type = reg_type
+        self._keep(out_channels=out_channels, base_width=base_width, levels=levels, activation=activation,
+                   weight_decay=weight_decay, reg_type=reg_type)
         # Level k (0 = finest) gets block widths (base*2^k, base*2^k/2), coarse to fine.
         self.blocks = [
             ConvBlock((base_width * 2**k, max(1, base_width * 2**k // 2)), activation=activation,
@@ -40,9 +36,3 @@ class UNetDecoder(keras.layers.Layer):
             x = upsample2x_trilinear(x)
             x = block(tf.concat([x, tf.cast(skip, x.dtype)], axis=-1))
         return self.head(tf.cast(x, tf.float32))
-
-    def get_config(self):
-        return {**super().get_config(), "out_channels": self.out_channels,
-                "base_width": self.base_width, "levels": self.levels,
-                "activation": self.activation, "weight_decay": self.weight_decay,
-                "reg_type": self.reg_type}

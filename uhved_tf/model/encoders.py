@@ -10,10 +10,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from uhved_tf.model.blocks import ConvBlock, get_activation, make_regularizer
+from uhved_tf.model.blocks import Configurable, ConvBlock, get_activation, make_regularizer
 
 
-class ModalityEncoder(keras.layers.Layer):
+class ModalityEncoder(Configurable, keras.layers.Layer):
     """Encodes an image [B, D, H, W, C_in] into ``levels`` feature maps, finest first.
 
     C_in is 1 for one modality (U-HVED, U-HeMIS); the 1x1x1 stem takes any channel count, so
@@ -28,12 +28,8 @@ class ModalityEncoder(keras.layers.Layer):
                  weight_decay: float = 0.0, reg_type: str = "L2", half_second_conv: bool = False,
                  **kwargs):
         super().__init__(**kwargs)
-        self.base_width = base_width
-        self.levels = levels
-        self.activation = activation
-        self.weight_decay = weight_decay
-        self.reg_type = reg_type
-        self.half_second_conv = bool(half_second_conv)
+        self._keep(base_width=base_width, levels=levels, activation=activation, weight_decay=weight_decay,
+                   reg_type=reg_type, half_second_conv=bool(half_second_conv))
         self._act = get_activation(activation, after_conv=True)
         self.stem = keras.layers.Conv3D(base_width, 1, name="conv_0", kernel_initializer="he_normal",
                                         kernel_regularizer=make_regularizer(weight_decay, reg_type))
@@ -43,7 +39,6 @@ class ModalityEncoder(keras.layers.Layer):
                       reg_type=reg_type, name=f"block_{k + 1}")
             for k in range(levels)
         ]
-        # float32 pooling: TensorFlow has no float16 MaxPool3D kernel on CPU.
         self.pool = keras.layers.MaxPooling3D(pool_size=2, strides=2, name="pool", dtype="float32")
 
     def call(self, x):
@@ -57,13 +52,8 @@ class ModalityEncoder(keras.layers.Layer):
             features.append(x)
         return features
 
-    def get_config(self):
-        return {**super().get_config(), "base_width": self.base_width, "levels": self.levels,
-                "activation": self.activation, "weight_decay": self.weight_decay,
-                "reg_type": self.reg_type, "half_second_conv": self.half_second_conv}
 
-
-class MultiModalEncoder(keras.layers.Layer):
+class MultiModalEncoder(Configurable, keras.layers.Layer):
     """One :class:`ModalityEncoder` per modality; returns per level a tensor [B, d, h, w, M, C]
     with the modalities stacked on axis -2 (the layout :mod:`uhved_tf.model.fusion` expects)."""
 
@@ -71,13 +61,8 @@ class MultiModalEncoder(keras.layers.Layer):
                  activation: str = "leakyrelu", weight_decay: float = 0.0, reg_type: str = "L2",
                  half_second_conv: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.num_modalities = num_modalities
-        self.half_second_conv = bool(half_second_conv)
-        self.base_width = base_width
-        self.levels = levels
-        self.activation = activation
-        self.weight_decay = weight_decay
-        self.reg_type = reg_type
+        self._keep(num_modalities=num_modalities, base_width=base_width, levels=levels, activation=activation,
+                   weight_decay=weight_decay, reg_type=reg_type, half_second_conv=bool(half_second_conv))
         self.encoders = [
             ModalityEncoder(base_width, levels, activation, weight_decay, reg_type,
                             half_second_conv=half_second_conv, name=f"encoder_{m}")
@@ -87,9 +72,3 @@ class MultiModalEncoder(keras.layers.Layer):
     def call(self, image):
         per_modality = [enc(image[..., m:m + 1]) for m, enc in enumerate(self.encoders)]
         return [tf.stack([feats[k] for feats in per_modality], axis=-2) for k in range(self.levels)]
-
-    def get_config(self):
-        return {**super().get_config(), "num_modalities": self.num_modalities,
-                "base_width": self.base_width, "levels": self.levels,
-                "activation": self.activation, "weight_decay": self.weight_decay,
-                "reg_type": self.reg_type, "half_second_conv": self.half_second_conv}

@@ -51,11 +51,7 @@ def posterior_distribution(loc, logvar) -> tfd.Normal:
     return tfd.Normal(loc=loc, scale=tf.exp(0.5 * logvar))
 
 
-def standard_normal_prior(like) -> tfd.Normal:
-    return tfd.Normal(loc=tf.zeros_like(like), scale=tf.ones_like(like))
-
-
 def kl_to_prior(loc, logvar):
     """Element-wise KL(N(loc, exp(logvar)) || N(0, 1)) via TFP's closed form."""
-    q = posterior_distribution(loc, logvar)
-    return tfd.kl_divergence(q, standard_normal_prior(loc))
+    prior = tfd.Normal(loc=tf.zeros_like(loc), scale=tf.ones_like(loc))
+    return tfd.kl_divergence(posterior_distribution(loc, logvar), prior)

@@ -38,7 +38,7 @@ import keras
 import tensorflow as tf
 
 from uhved_tf.model.base import BaseNetwork
-from uhved_tf.model.blocks import get_activation, make_regularizer
+from uhved_tf.model.blocks import Configurable, conv3d, get_activation, make_regularizer
 from uhved_tf.model.hemis_fusion import hemis_abstraction
 
 #: Widths as multiples of ``base_width``: HeMIS's 48 back-end and 16 front-end filters at base 8.
@@ -46,51 +46,33 @@ BRANCH_MULTIPLIER = 6
 HEAD_MULTIPLIER = 2
 
 
-class ConvStack(keras.layers.Layer):
+class ConvStack(Configurable, keras.layers.Layer):
     """Plain (convolution -> activation) units, no normalisation: HeMIS's layers."""
 
     def __init__(self, widths=(48, 48), kernel_size: int = 3, activation: str = "relu",
                  weight_decay: float = 0.0, reg_type: str = "L2", **kwargs):
         super().__init__(**kwargs)
-        self.widths = tuple(int(w) for w in widths)
-        self.kernel_size = int(kernel_size)
-        self.activation = activation
-        self.weight_decay = float(weight_decay)
-        self.reg_type = reg_type
+        self._keep(widths=tuple(int(w) for w in widths), kernel_size=int(kernel_size), activation=activation,
+                   weight_decay=float(weight_decay), reg_type=reg_type)
         self._act = get_activation(activation, after_conv=True)
-        self.convs = [
-            keras.layers.Conv3D(w, self.kernel_size, padding="same", name=f"conv_{i}",
-                                kernel_initializer="he_normal",
-                                kernel_regularizer=make_regularizer(self.weight_decay, reg_type))
-            for i, w in enumerate(self.widths)
-        ]
+        self.convs = [conv3d(w, self.kernel_size, f"conv_{i}", self.weight_decay, reg_type)
+                      for i, w in enumerate(self.widths)]
 
     def call(self, x):
         for conv in self.convs:
             x = self._act(conv(x))
         return x
 
-    def get_config(self):
-        return {**super().get_config(), "widths": self.widths, "kernel_size": self.kernel_size,
-                "activation": self.activation, "weight_decay": self.weight_decay, "reg_type": self.reg_type}
 
-
-class HeMIS(BaseNetwork):
-    synthesises = False
-    variational = False
+class HeMIS(Configurable, BaseNetwork):
 
     def __init__(self, modalities, num_classes: int, base_width: int = 8, kernel_size: int = 3,
                  activation: str = "relu", weight_decay: float = 0.0, reg_type: str = "L2", **kwargs):
         super().__init__(modalities, num_classes, **kwargs)
-        self.base_width = int(base_width)
-        self.kernel_size = int(kernel_size)
-        self.activation = activation
-        self.weight_decay = float(weight_decay)
-        self.reg_type = reg_type
-        common = dict(kernel_size=self.kernel_size, activation=activation, weight_decay=self.weight_decay,
-                      reg_type=reg_type)
-        branch = BRANCH_MULTIPLIER * self.base_width
-        head = HEAD_MULTIPLIER * self.base_width
+        self._keep(base_width=int(base_width))
+        common = self._keep(kernel_size=int(kernel_size), activation=activation, weight_decay=float(weight_decay),
+                            reg_type=reg_type)
+        branch, head = BRANCH_MULTIPLIER * self.base_width, HEAD_MULTIPLIER * self.base_width
         self.branches = [ConvStack((branch, branch), name=f"branch_{m}", **common)
                          for m in range(len(self.modalities))]
         self.head = ConvStack((head, head), name="front_end", **common)
@@ -118,7 +100,3 @@ class HeMIS(BaseNetwork):
         """Deterministic: ``training`` and ``seed`` are accepted for the common contract."""
         (fused,) = self.fused_features(inputs["image"], inputs["modality_mask"])
         return {"seg_logits": self.classifier(tf.cast(self.head(fused), tf.float32))}
-
-    def get_config(self):
-        return {**super().get_config(), "base_width": self.base_width, "kernel_size": self.kernel_size,
-                "activation": self.activation, "weight_decay": self.weight_decay, "reg_type": self.reg_type}

@@ -24,9 +24,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from uhved_tf.errors import close_matches
-from uhved_tf.errors import ConfigError
+from uhved_tf.errors import ConfigError, close_matches
 from uhved_tf.model.base import BaseNetwork
+from uhved_tf.model.blocks import Configurable
 from uhved_tf.model.decoders import UNetDecoder
 from uhved_tf.model.encoders import ModalityEncoder
 
@@ -59,31 +59,21 @@ def resolve_subset(subset, modalities) -> tuple[str, ...]:
     return tuple(m for m in modalities if m in names)
 
 
-class Single(BaseNetwork):
-    synthesises = False
-    variational = False
+class Single(Configurable, BaseNetwork):
 
     def __init__(self, modalities, num_classes: int, subset=(), base_width: int = 8, levels: int = 4,
                  activation: str = "leakyrelu", weight_decay: float = 0.0, reg_type: str = "L2", **kwargs):
         super().__init__(modalities, num_classes, **kwargs)
         self.subset = resolve_subset(subset, self.modalities)
         self.subset_indices = tuple(self.modalities.index(m) for m in self.subset)
-        self.base_width = int(base_width)
-        self.levels = int(levels)
-        self.activation = activation
-        self.weight_decay = float(weight_decay)
-        self.reg_type = reg_type
-        common = dict(base_width=self.base_width, levels=self.levels, activation=activation,
-                      weight_decay=self.weight_decay, reg_type=reg_type)
+        common = self._keep(base_width=int(base_width), levels=int(levels), activation=activation,
+                            weight_decay=float(weight_decay), reg_type=reg_type)
         self.encoder = ModalityEncoder(name="encoder", **common)
         self.seg_decoder = UNetDecoder(num_classes, name="decoder_seg", **common)
 
     @classmethod
     def from_settings(cls, modalities, num_classes, network_settings):
-        return cls(modalities=modalities, num_classes=num_classes, subset=network_settings.subset,
-                   base_width=network_settings.base_width, levels=network_settings.levels,
-                   activation=network_settings.activation_function, weight_decay=network_settings.decay,
-                   reg_type=network_settings.reg_type)
+        return super().from_settings(modalities, num_classes, network_settings, subset=network_settings.subset)
 
     def select_inputs(self, image):
         """[B, D, H, W, M] -> [B, D, H, W, S]: the subset's channels, in channel order."""
@@ -120,6 +110,4 @@ class Single(BaseNetwork):
         return super().predict_windows(image, modality_mask, samples, seed)
 
     def get_config(self):
-        return {**super().get_config(), "subset": list(self.subset), "base_width": self.base_width,
-                "levels": self.levels, "activation": self.activation, "weight_decay": self.weight_decay,
-                "reg_type": self.reg_type}
+        return {**super().get_config(), "subset": list(self.subset)}

@@ -24,27 +24,21 @@ original's (an earlier release of this project called it ``u_hemis``).
 from __future__ import annotations
 
 from uhved_tf.model.base import BaseNetwork
+from uhved_tf.model.blocks import Configurable
 from uhved_tf.model.decoders import UNetDecoder
 from uhved_tf.model.encoders import MultiModalEncoder
 from uhved_tf.model.hemis_fusion import hemis_abstraction
 
 
-class UHeMIS(BaseNetwork):
-    synthesises = False
-    variational = False
+class UHeMIS(Configurable, BaseNetwork):
     #: The original U-HeMIS encoder: the second convolution of each block is half width.
     half_second_conv = True
 
     def __init__(self, modalities, num_classes: int, base_width: int = 8, levels: int = 4,
                  activation: str = "leakyrelu", weight_decay: float = 0.0, reg_type: str = "L2", **kwargs):
         super().__init__(modalities, num_classes, **kwargs)
-        self.base_width = int(base_width)
-        self.levels = int(levels)
-        self.activation = activation
-        self.weight_decay = float(weight_decay)
-        self.reg_type = reg_type
-        common = dict(base_width=self.base_width, levels=self.levels, activation=activation,
-                      weight_decay=self.weight_decay, reg_type=reg_type)
+        common = self._keep(base_width=int(base_width), levels=int(levels), activation=activation,
+                            weight_decay=float(weight_decay), reg_type=reg_type)
         self.encoder = MultiModalEncoder(len(self.modalities), name="encoders",
                                          half_second_conv=self.half_second_conv, **common)
         self.seg_decoder = UNetDecoder(num_classes, name="decoder_seg", **common)
@@ -63,11 +57,6 @@ class UHeMIS(BaseNetwork):
     def call(self, inputs, training=False, seed=None):
         """Deterministic: ``training`` and ``seed`` are accepted for the common contract."""
         return {"seg_logits": self.seg_decoder(self.fused_features(inputs["image"], inputs["modality_mask"]))}
-
-    def get_config(self):
-        return {**super().get_config(), "base_width": self.base_width, "levels": self.levels,
-                "activation": self.activation, "weight_decay": self.weight_decay,
-                "reg_type": self.reg_type}
 
 
 class UHeMISWide(UHeMIS):

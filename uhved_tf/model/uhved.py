@@ -17,12 +17,13 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from uhved_tf.model.base import BaseNetwork, entropy
+from uhved_tf.model.blocks import Configurable
 from uhved_tf.model.decoders import UNetDecoder
 from uhved_tf.model.encoders import MultiModalEncoder
 from uhved_tf.model.fusion import posterior_distribution, product_of_gaussians
 
 
-class UHVED(BaseNetwork):
+class UHVED(Configurable, BaseNetwork):
     synthesises = True
     variational = True
 
@@ -32,14 +33,9 @@ class UHVED(BaseNetwork):
         super().__init__(modalities, num_classes, **kwargs)
         if base_width < 2 or base_width % 2:
             raise ValueError(f"base_width must be an even number >= 2 (mean and log-variance halves), got {base_width}")
-        self.base_width = int(base_width)
-        self.levels = int(levels)
-        self.activation = activation
-        self.logvar_clip = float(logvar_clip)
-        self.weight_decay = float(weight_decay)
-        self.reg_type = reg_type
-        common = dict(base_width=base_width, levels=levels, activation=activation,
-                      weight_decay=weight_decay, reg_type=reg_type)
+        common = self._keep(base_width=int(base_width), levels=int(levels), activation=activation,
+                            weight_decay=float(weight_decay), reg_type=reg_type)
+        self._keep(logvar_clip=float(logvar_clip))
         self.encoder = MultiModalEncoder(len(self.modalities), name="encoders", **common)
         # Decoders see latent samples of widths base/2 * 2^k; their blocks use U-HVED's widths.
         self.seg_decoder = UNetDecoder(num_classes, name="decoder_seg", **common)
@@ -47,11 +43,8 @@ class UHVED(BaseNetwork):
 
     @classmethod
     def from_settings(cls, modalities, num_classes, network_settings):
-        return cls(modalities=modalities, num_classes=num_classes,
-                   base_width=network_settings.base_width, levels=network_settings.levels,
-                   activation=network_settings.activation_function,
-                   logvar_clip=network_settings.logvar_clip, weight_decay=network_settings.decay,
-                   reg_type=network_settings.reg_type)
+        return super().from_settings(modalities, num_classes, network_settings,
+                                     logvar_clip=network_settings.logvar_clip)
 
     # --- the steps -------------------------------------------------------------------------
     def encode(self, image):
@@ -78,15 +71,11 @@ class UHVED(BaseNetwork):
         [N * B, ...] (sample-major), ready for one batched decoder call.
         """
         seeds = tfp.random.split_seed(tf.cast(seed, tf.int32), n=len(posteriors))
-        zs = []
-        for (loc, logvar), s in zip(posteriors, seeds):
-            q = posterior_distribution(loc, logvar)
-            if num_samples is None:
-                zs.append(q.sample(seed=s))
-            else:
-                z = q.sample(num_samples, seed=s)
-                zs.append(tf.reshape(z, tf.concat([[-1], tf.shape(loc)[1:]], axis=0)))
-        return zs
+        qs = [(posterior_distribution(loc, logvar), loc, s) for (loc, logvar), s in zip(posteriors, seeds)]
+        if num_samples is None:
+            return [q.sample(seed=s) for q, _, s in qs]
+        return [tf.reshape(q.sample(num_samples, seed=s), tf.concat([[-1], tf.shape(loc)[1:]], axis=0))
+                for q, loc, s in qs]
 
     def decode_seg(self, zs):
         return self.seg_decoder([tf.cast(z, self.compute_dtype) for z in zs])
@@ -121,21 +110,13 @@ class UHVED(BaseNetwork):
         means = [loc for loc, _ in posteriors]
         synth = self.decode_images(means)
         if samples and samples > 0:
-            if seed is None:
-                seed = tf.constant([0, 0], tf.int32)
-            batch = tf.shape(means[0])[0]
-            logits = self.decode_seg(self.sample(posteriors, seed, num_samples=samples))
-            prob = tf.nn.softmax(logits, axis=-1)
-            prob = tf.reshape(prob, tf.concat([[samples, batch], tf.shape(prob)[1:]], axis=0))
-            prob = tf.reduce_mean(prob, axis=0)
+            seed = tf.constant([0, 0], tf.int32) if seed is None else seed
+            prob = tf.nn.softmax(self.decode_seg(self.sample(posteriors, seed, num_samples=samples)), axis=-1)
+            shape = tf.concat([[samples, tf.shape(means[0])[0]], tf.shape(prob)[1:]], axis=0)
+            prob = tf.reduce_mean(tf.reshape(prob, shape), axis=0)
         else:
             prob = tf.nn.softmax(self.decode_seg(means), axis=-1)
         return {"seg_prob": prob, "synth": synth, "uncertainty": entropy(prob)}
 
     def predict_windows(self, image, modality_mask, samples: int = 0, seed=None):
         return self.predict_from_posteriors(self.fuse(self.encode(image), modality_mask), samples, seed)
-
-    def get_config(self):
-        return {**super().get_config(), "base_width": self.base_width, "levels": self.levels,
-                "activation": self.activation, "logvar_clip": self.logvar_clip,
-                "weight_decay": self.weight_decay, "reg_type": self.reg_type}
