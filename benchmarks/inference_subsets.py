@@ -18,7 +18,7 @@ used. Three views:
 3. **Posterior samples**: 10 samples decoded in one batched call against the posterior mean.
 
     python benchmarks/inference_subsets.py [--size 64] [--window 32] [--repeats 3] [--no-case]
-                                           [--base-width 8] [--case-shape 64,64,48]
+                                           [--base-width 8] [--levels 4] [--case-shape 64,64,48]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def network_costs(model, window, batch, repeats):
     return e, d
 
 
-def per_case(window, base_width, n, case_shape):
+def per_case(window, base_width, n, case_shape, levels=4):
     """(n separate runs, one run for n subsets) in seconds for one demo case, end to end."""
     from uhved_tf.application import Application
     from uhved_tf.config import load_config
@@ -82,7 +82,7 @@ def per_case(window, base_width, n, case_shape):
     sets = [f"{s}.path_to_search={data}" for s in ("T1", "T1c", "T2", "Flair", "label")]
     sets += [f"SYSTEM.model_dir={tmp / 'model'}", f"INFERENCE.spatial_window_size={','.join(map(str, window))}",
              "INFERENCE.samples=0", f"SYSTEM.dataset_split_file={tmp / 'split.csv'}",
-             f"NETWORK.base_width={base_width}"]
+             f"NETWORK.base_width={base_width}", f"NETWORK.levels={levels}"]
     app = Application(load_config(REPO / "config" / "demo.ini", set_overrides=sets))
     subject = app.discover(need_label=False)[0]
     model = app.build_model()
@@ -113,13 +113,15 @@ def main():
     ap.add_argument("--window", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--base-width", type=int, default=8)
+    ap.add_argument("--levels", type=int, default=4,
+                    help="latent scales of the network (default 4; the smoke test uses 2: cheaper to build and trace)")
     ap.add_argument("--subsets", type=int, default=15, choices=range(2, 16), metavar="2..15",
                     help="number of subsets compared with one (default all 15; the smoke test uses fewer)")
     ap.add_argument("--no-case", action="store_true", help="skip the end-to-end per-case comparison")
     ap.add_argument("--case-shape", default="64,64,48", help="shape of the generated demo case (default 64,64,48)")
     args = ap.parse_args()
     tf.keras.utils.set_random_seed(0)
-    model = UHVED(("T1", "T1c", "T2", "Flair"), 4, base_width=args.base_width, levels=4)
+    model = UHVED(("T1", "T1c", "T2", "Flair"), 4, base_width=args.base_width, levels=args.levels)
     w = (args.window,) * 3
     model({"image": tf.zeros((1, *w, 4)), "modality_mask": tf.ones((1, 4))})
     volume = np.random.default_rng(0).normal(size=(args.size,) * 3 + (4,)).astype(np.float32)
@@ -137,7 +139,8 @@ def main():
     bound = (e + n * d) / (e + d)
 
     print(f"machine: {os.cpu_count()} CPUs, TF_ENABLE_ONEDNN_OPTS={os.environ['TF_ENABLE_ONEDNN_OPTS']}, "
-          f"volume {args.size}^3 x 4, window {args.window}^3, overlap 0.5, base width {args.base_width}")
+          f"volume {args.size}^3 x 4, window {args.window}^3, overlap 0.5, base width {args.base_width}, "
+          f"{args.levels} levels")
     print(f"1. network only ({n} separate runs = {n:.2f} x one subset)")
     print(f"   one subset, posterior mean:           {one_mean:8.2f} s")
     print(f"   {n:2d} subsets, encode once:              {all_mean:8.2f} s   ratio {all_mean / one_mean:5.2f}"
@@ -148,7 +151,8 @@ def main():
     print(f"   one subset, 10 samples:               {one_10:8.2f} s   ratio to the mean {one_10 / one_mean:5.2f}")
     print(f"   {n:2d} subsets, 10 samples, encode once:  {all_10:8.2f} s   ratio to one subset {all_10 / one_10:5.2f}")
     if not args.no_case:
-        separate, together, shape = per_case(w, args.base_width, n, tuple(int(v) for v in args.case_shape.split(",")))
+        separate, together, shape = per_case(w, args.base_width, n, tuple(int(v) for v in args.case_shape.split(",")),
+                                             args.levels)
         print(f"2. per case, end to end (demo case {'x'.join(map(str, shape))} after cropping, window "
               f"{args.window}^3, load + preprocess + predict + write NIfTI)")
         print(f"   {n:2d} separate runs:                     {separate:8.2f} s")

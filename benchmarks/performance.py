@@ -42,13 +42,14 @@ calls it).
    (240x240x155, four modalities) with the inference window, overlap, border and samples of the
    config.
 
-``--quick`` runs the same measurements at tiny sizes (windows 16^3-48^3, base width 2, a small
-volume) in about two minutes of CPU time, most of it tracing: a smoke test of the benchmark, not a
-measurement of the targets. A full run takes far longer; its largest part is the BraTS-size case
+``--quick`` runs the same measurements at tiny sizes (windows 16^3-48^3, base width 2, two levels,
+a small volume, one pipeline block, one fresh process for start-up and memory) in about a minute of
+CPU time, most of it building and tracing: a smoke test of the benchmark, not a measurement of the
+targets. A full run takes far longer; its largest part is the BraTS-size case
 (every window of a 240x240x155 volume at the config's 144^3 inference window, 10 samples).
 
     python benchmarks/performance.py [--quick] [--only training,pipeline,startup,inference]
-                                     [--config config/uhved.ini] [--base-width N] [--steps 10]
+                                     [--config config/uhved.ini] [--base-width N] [--levels N] [--steps 10]
                                      [--repeats 3] [--case-shape 240,240,155]
 """
 
@@ -92,15 +93,18 @@ class Sizes:
     case_shape: tuple               # the volume of "seconds per case"
     inference_window: int | None    # None: the config's [INFERENCE] spatial_window_size
     base_width: int | None          # None: the config's [NETWORK] base_width
+    levels: int | None              # None: the config's [NETWORK] levels
     steps: int                      # timed training steps (each side of the pipeline measurement)
     blocks: int                     # pipeline blocks timed (each loads a new case)
     repeats: int                    # timed repeats of each inference configuration
 
 
 FULL = Sizes(train=64, startup=(32, 64), large=112, data_shape=(240, 240, 155), case_shape=(240, 240, 155),
-             inference_window=None, base_width=None, steps=10, blocks=2, repeats=3)
-QUICK = Sizes(train=16, startup=(16,), large=32, data_shape=(48, 48, 40), case_shape=(48, 48, 40),
-              inference_window=48, base_width=2, steps=8, blocks=2, repeats=1)
+             inference_window=None, base_width=None, levels=None, steps=10, blocks=2, repeats=3)
+# A smoke test: every part and figure at the smallest sizes (the large window is the start-up one, so
+# one fresh process serves both; the case fits one inference window).
+QUICK = Sizes(train=16, startup=(16,), large=16, data_shape=(48, 48, 40), case_shape=(32, 32, 24),
+              inference_window=48, base_width=2, levels=2, steps=8, blocks=1, repeats=1)
 
 # Conv op -> where its kernel shape and its forward output's shape are: ("in"|"out", index).
 _CONV_SHAPES = {
@@ -166,7 +170,7 @@ def conv_only_seconds(ops, repeats) -> float:
 
 
 # --- set-up -------------------------------------------------------------------------------------
-def make_app(config, window, model_dir, base_width=None, data_dir=None, inference_window=None):
+def make_app(config, window, model_dir, base_width=None, data_dir=None, inference_window=None, levels=None):
     """An Application for ``config`` with cubic training ``window`` and everything written under
     ``model_dir`` (split file, histogram landmarks)."""
     from uhved_tf.application import Application
@@ -179,6 +183,8 @@ def make_app(config, window, model_dir, base_width=None, data_dir=None, inferenc
         sets += [f"{s}.path_to_search={data_dir}" for s in sections]
     if base_width is not None:
         sets.append(f"NETWORK.base_width={base_width}")
+    if levels is not None:
+        sets.append(f"NETWORK.levels={levels}")
     if inference_window is not None:
         sets.append(f"INFERENCE.spatial_window_size={inference_window},{inference_window},{inference_window}")
     return Application(load_config(config, set_overrides=sets))
@@ -413,7 +419,7 @@ def worker(args):
     tmp = Path(tempfile.mkdtemp(prefix="uhved_perf_worker_"))
     try:
         size = args.worker
-        app = make_app(args.config, size, tmp / "model", base_width=args.base_width)
+        app = make_app(args.config, size, tmp / "model", base_width=args.base_width, levels=args.levels)
         t0 = time.perf_counter()
         model = build_model(app)
         built = time.perf_counter() - t0
@@ -448,6 +454,8 @@ def run_worker(args, size):
            str(args.config.resolve())]
     if args.base_width is not None:
         cmd += ["--base-width", str(args.base_width)]
+    if args.levels is not None:
+        cmd += ["--levels", str(args.levels)]
     return run_json(cmd)
 
 
@@ -456,7 +464,7 @@ def startup(report, args, sizes) -> bool:
     print(f"   {'window':>7} {'import':>7} {'build':>7} {'trace':>7} {'1st step':>9} {'later':>7} "
           f"{'to 1st step':>12} {'RSS built':>10} {'peak RSS':>9}")
     results, ok = {}, True
-    for size in (*sizes.startup, sizes.large):
+    for size in dict.fromkeys((*sizes.startup, sizes.large)):     # a size listed twice runs once
         r = run_worker(args, size)
         results[size] = r
         if isinstance(r, str):
@@ -565,15 +573,16 @@ def sample_costs(model, window, samples, repeats):
 # --- main ---------------------------------------------------------------------------------------------
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (about two minutes of CPU time): a smoke test")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (about a minute of CPU time): a smoke test")
     ap.add_argument("--only", default=",".join(PARTS),
                     help=f"comma-separated parts to run, of {', '.join(PARTS)} (default all)")
     ap.add_argument("--config", type=Path, default=REPO / "config" / "uhved.ini",
                     help="the network and recipe (default config/uhved.ini)")
     ap.add_argument("--base-width", type=int, help="override [NETWORK] base_width (--quick: 2)")
+    ap.add_argument("--levels", type=int, help="override [NETWORK] levels (--quick: 2)")
     ap.add_argument("--steps", type=int, help="timed training steps (default 10, --quick 8)")
     ap.add_argument("--repeats", type=int, help="timed repeats per inference configuration (default 3, --quick 1)")
-    ap.add_argument("--case-shape", help="volume of 'seconds per case' (default 240,240,155; --quick 48,48,40)")
+    ap.add_argument("--case-shape", help="volume of 'seconds per case' (default 240,240,155; --quick 32,32,24)")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -592,14 +601,16 @@ def main(argv=None):
     base = QUICK if args.quick else FULL
     if args.base_width is None:
         args.base_width = base.base_width
-    sizes = replace(base, base_width=args.base_width, steps=args.steps or base.steps,
+    if args.levels is None:
+        args.levels = base.levels
+    sizes = replace(base, base_width=args.base_width, levels=args.levels, steps=args.steps or base.steps,
                     repeats=args.repeats or base.repeats,
                     case_shape=tuple(int(v) for v in args.case_shape.split(",")) if args.case_shape
                     else base.case_shape)
     tmp = Path(tempfile.mkdtemp(prefix="uhved_perf_"))
     try:
         app = make_app(args.config, sizes.train, tmp / "model", base_width=sizes.base_width,
-                       data_dir=tmp / "data", inference_window=sizes.inference_window)
+                       data_dir=tmp / "data", inference_window=sizes.inference_window, levels=sizes.levels)
         net = app.cfg.network
         onednn = os.environ["TF_ENABLE_ONEDNN_OPTS"] + (" (from the environment)" if ONEDNN_FROM_USER
                                                         else " (set by this script)")

@@ -82,7 +82,7 @@ def parse_args(argv=None):
     p.add_argument("--csv", help="also write the samples (iteration, rss_mb, seconds) to this CSV file")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.key=value")
     p.add_argument("--quick", action="store_true",
-                   help="tiny data and network (16^3 windows, base width 2, 3 levels): a smoke test")
+                   help="tiny data and network (16^3 windows, base width 2, 2 levels): a smoke test")
     args = p.parse_args(argv)
     if args.quick:
         if "--iterations" not in (argv if argv is not None else sys.argv):
@@ -102,7 +102,7 @@ def build_config(args, data: Path, model: Path):
     sets += [f"SYSTEM.model_dir={model}", f"TRAINING.max_iter={args.iterations}"]
     if args.quick:
         sets += [f"{s}.spatial_window_size=16,16,16" for s in SECTIONS]
-        sets += ["NETWORK.base_width=2", "NETWORK.levels=3", "NETWORK.queue_length=4",
+        sets += ["NETWORK.base_width=2", "NETWORK.levels=2", "NETWORK.queue_length=4",
                  "TRAINING.validation_every_n=0", "TRAINING.save_every_n=20", "TRAINING.sample_per_volume=2",
                  "INFERENCE.spatial_window_size=16,16,16"]
     return load_config(args.config, set_overrides=sets + list(args.sets))

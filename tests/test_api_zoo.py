@@ -1,6 +1,7 @@
 """The Python API (``Trainer.from_config(...).fit()``, ``Predictor.from_model_dir(...).predict``) and
 model directories used on their own (``inference --model PATH``, ``zoo list``), with a tiny model
-trained here in-process for 2 iterations."""
+(two levels, width 2) trained here in-process for 2 iterations and one ``Predictor`` of it shared
+by the tests that only use it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.helpers import TINY_INI, run_cli
+from tests.helpers import FAST_INI, run_cli, run_cli_here
 from uhved_tf.errors import ConfigError, UhvedError
 
 pytestmark = pytest.mark.slow
@@ -25,7 +26,7 @@ def trained(tmp_path_factory):
     data = root / "data"
     make_demo_dataset(data, n_subjects=3, shape=(32, 32, 24), spacing=(6.0, 6.0, 6.0), seed=2)
     cfg = root / "tiny.ini"
-    cfg.write_text(TINY_INI.format(data=data, model=root / "model").replace("samples = 2", "samples = 0"))
+    cfg.write_text(FAST_INI.format(data=data, model=root / "model").replace("samples = 2", "samples = 0"))
     trainer = Trainer.from_config(cfg, set_overrides=["INFERENCE.save_uncertainty=True"])
     terms = trainer.fit()
     # The model directory is self-contained: moved away from its config, data and original path.
@@ -33,6 +34,13 @@ def trained(tmp_path_factory):
     shutil.move(str(trainer.model_dir), moved)
     case = sorted(p for p in data.glob("*/*") if p.is_dir())[0]
     return root, cfg, moved, case, terms
+
+
+@pytest.fixture(scope="module")
+def predictor(trained):
+    """``Predictor.from_model_dir`` of the moved model directory (built and restored once)."""
+    from uhved_tf import Predictor
+    return Predictor.from_model_dir(trained[2])
 
 
 def _files(case):
@@ -50,12 +58,10 @@ def test_trainer_fit_trains_and_refuses_to_clobber(trained):
         again.fit()
 
 
-def test_predictor_returns_images_in_the_input_geometry(trained):
-    from uhved_tf import Predictor
+def test_predictor_returns_images_in_the_input_geometry(trained, predictor):
     _, _, moved, case, _ = trained
     files = _files(case)
     flair = nib.load(files["flair"])
-    predictor = Predictor.from_model_dir(moved)
     out = predictor.predict({"T1ce": files["t1c"], "flair": flair}, subject_id=case.name)
     assert out["subset"] == ("T1c", "Flair")
     seg = out["seg"]
@@ -69,18 +75,15 @@ def test_predictor_returns_images_in_the_input_geometry(trained):
     np.testing.assert_array_equal(np.asarray(again["seg"].dataobj), np.asarray(seg.dataobj))
 
 
-def test_predictor_errors_name_the_input(trained):
-    from uhved_tf import Predictor
+def test_predictor_errors_name_the_input(trained, predictor):
     _, _, moved, case, _ = trained
-    predictor = Predictor.from_model_dir(moved)
     with pytest.raises(ConfigError, match='"pd".*modalities'):
         predictor.predict({"pd": _files(case)["flair"]})
     with pytest.raises(UhvedError, match="no input images"):
         predictor.predict({})
 
 
-def test_cli_inference_with_model_dir_matches_the_api(trained, tmp_path):
-    from uhved_tf import Predictor
+def test_cli_inference_with_model_dir_matches_the_api(trained, predictor, tmp_path):
     _, _, moved, case, _ = trained
     files = _files(case)
     out = tmp_path / "out"
@@ -89,11 +92,11 @@ def test_cli_inference_with_model_dir_matches_the_api(trained, tmp_path):
     seg = nib.load(out / f"{case.name}_seg.nii.gz")
     for m in ("T1", "T1c", "T2", "Flair"):
         assert (out / f"{case.name}_{m}_synth.nii.gz").exists()
-    api = Predictor.from_model_dir(moved).predict(files, subject_id=case.name)
+    api = predictor.predict(files, subject_id=case.name)
     np.testing.assert_array_equal(np.asarray(seg.dataobj), np.asarray(api["seg"].dataobj))
     # The outputs are not overwritten without --overwrite.
-    proc = run_cli("inference", "--model", moved, "--t1c", files["t1c"], "-o", out, "-q",
-                   "--subject-id", case.name, check=False)
+    proc = run_cli_here("inference", "--model", moved, "--t1c", files["t1c"], "-o", out, "-q",
+                        "--subject-id", case.name, check=False)
     assert proc.returncode == 2 and "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -26,8 +26,9 @@ def run_script(*args, timeout=900):
 
 
 def test_inference_subsets_benchmark_prints_all_ratios():
+    # The smallest network (two levels, width 2: building and tracing it is most of the run) and two subsets.
     out = run_script("benchmarks/inference_subsets.py", "--size", 24, "--window", 16, "--repeats", 1,
-                     "--base-width", 2, "--case-shape", "24,24,16", "--subsets", 2)
+                     "--base-width", 2, "--levels", 2, "--case-shape", "24,24,16", "--subsets", 2)
     for text in (" 2 subsets, encode once:", "lowest possible ratio", "one subset, 10 samples:",
                   " 2 separate runs:", "one run for the  2 subsets:"):
         assert text in out, out

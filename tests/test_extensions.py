@@ -1,5 +1,7 @@
 """The plug-in examples in ``extensions/``: the fusion's maths, and both networks named by dotted
-path in an INI, trained for 2 iterations and used for inference through the real CLI."""
+path in an INI (at two levels, width 2), trained for 2 iterations by the real CLI in a fresh
+process (which imports the plug-in from the path) and used for inference through the CLI's
+``main`` in this process."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import TINY_INI, run_cli
+from tests.helpers import FAST_INI, run_cli, run_cli_here
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,9 +37,9 @@ def test_extension_network_trains_and_segments(name, tmp_path):
     data = tmp_path / "data"
     make_demo_dataset(data, n_subjects=2, shape=(32, 32, 24), spacing=(6.0, 6.0, 6.0), seed=4)
     cfg = tmp_path / "ext.ini"
-    text = TINY_INI.format(data=data, model=tmp_path / "model").replace("name = u_hved", f"name = {name}")
+    text = FAST_INI.format(data=data, model=tmp_path / "model").replace("name = u_hved", f"name = {name}")
     cfg.write_text(text.replace("exclude_fraction_for_inference = 0.25", "exclude_fraction_for_inference = 0.5"))
     run_cli("train", "-c", cfg, "-q", cwd=REPO)
     assert (tmp_path / "model" / "checkpoints" / "ckpt-2.index").exists()
-    run_cli("inference", "-c", cfg, "-q", "--modalities", "T1c,Flair", "-o", tmp_path / "out", cwd=REPO)
+    run_cli_here("inference", "-c", cfg, "-q", "--modalities", "T1c,Flair", "-o", tmp_path / "out", cwd=REPO)
     assert len(list((tmp_path / "out").glob("*_seg.nii.gz"))) == 1

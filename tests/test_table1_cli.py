@@ -1,5 +1,7 @@
 """``uhved_tf table1``: like-for-like training and evaluation of several networks, at tiny scale
-through the real CLI, and the report it writes (checked against the per-case CSVs)."""
+(two levels, width 2) through the real CLI, and the report it writes (checked against the
+per-case CSVs). The re-run (whose trainings find nothing to do) and the refusal run the CLI's
+``main`` in this process; the trainings and evaluations it starts are subprocesses as always."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import csv
 import numpy as np
 import pytest
 
-from tests.helpers import TINY_INI, run_cli
+from tests.helpers import FAST_INI, run_cli, run_cli_here
 from uhved_tf.errors import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -21,7 +23,7 @@ def study(tmp_path_factory):
     from uhved_tf.demo.synthetic import make_demo_dataset
     make_demo_dataset(data, n_subjects=5, shape=(32, 32, 24), spacing=(6.0, 6.0, 6.0), seed=2)
     cfg = root / "tiny.ini"
-    cfg.write_text(TINY_INI.format(data=data, model=root / "model").replace(
+    cfg.write_text(FAST_INI.format(data=data, model=root / "model").replace(
         "exclude_fraction_for_inference = 0.25", "exclude_fraction_for_inference = 0.4"))
     out = root / "study"
     proc = run_cli("table1", "-c", cfg, "--methods", "u_hved,u_hemis", "--max_iter", "2", "-o", out, "-q")
@@ -65,7 +67,7 @@ def test_table1_rerun_resumes_without_training_or_evaluating_again(study):
     root, cfg, out, _ = study
     before = (out / "eval" / "u_hved" / "per_case.csv").stat().st_mtime_ns
     log_lines = (out / "study.log").read_text().count("$ ")
-    run_cli("table1", "-c", cfg, "--methods", "u_hved,u_hemis", "--max_iter", "2", "-o", out, "-q")
+    run_cli_here("table1", "-c", cfg, "--methods", "u_hved,u_hemis", "--max_iter", "2", "-o", out, "-q")
     assert (out / "eval" / "u_hved" / "per_case.csv").stat().st_mtime_ns == before
     # Two `train --resume` calls (each finds nothing to do), no evaluation.
     new = (out / "study.log").read_text().split("$ ")[log_lines + 1:]
@@ -76,7 +78,8 @@ def test_table1_refuses_configs_that_differ_in_more_than_the_network(study, tmp_
     root, cfg, out, _ = study
     other = tmp_path / "other.ini"
     other.write_text(cfg.read_text().replace("lr = 0.001", "lr = 0.01"))
-    proc = run_cli("table1", "-c", cfg, "--methods", f"u_hved,u_hemis={other}", "-o", tmp_path / "s", check=False)
+    proc = run_cli_here("table1", "-c", cfg, "--methods", f"u_hved,u_hemis={other}", "-o", tmp_path / "s",
+                        check=False)
     assert proc.returncode == 2
     assert "differ in more than the network" in proc.stderr and "lr = 0.01" in proc.stderr
     assert not (tmp_path / "s").exists()

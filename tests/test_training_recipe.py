@@ -1,5 +1,10 @@
 """Training a user can trust: the original U-HVED config trains with only its paths changed,
-a killed run resumes onto the uninterrupted loss curve, Ctrl-C saves a checkpoint."""
+a killed run resumes onto the uninterrupted loss curve, Ctrl-C saves a checkpoint.
+
+Runs that are killed or interrupted, and the runs under test, are subprocesses of the real CLI;
+the uninterrupted reference run, a refusal and the default run that leaves an incomplete subject
+out run the CLI's ``main`` in this process (``run_cli_here``), without a TensorFlow import of their
+own."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.helpers import TINY_INI, run_cli
+from tests.helpers import FAST_INI, run_cli, run_cli_here
 
 pytestmark = pytest.mark.slow
 
@@ -146,9 +151,11 @@ def test_original_uhved_config_trains_with_only_paths_changed(tmp_path):
     data = niftynet_named_data(tmp_path)
     cfg = tmp_path / "config.ini"
     cfg.write_text(ORIGINAL_CONFIG.format(data=data, model=tmp_path / "model"))
-    # CPU-sized run: the config file is the original; only the command line shrinks the job.
-    small = ["--max_iter", "2", "--sample_per_volume", "2", "--queue_length", "2"] + [
+    # CPU-sized run: the config file is the original; only the command line shrinks the job (the
+    # network's width and its training window, which inference builds the network with, too).
+    net = ["--base_width", "2"] + [
         x for s in ("T1", "T1c", "T2", "Flair", "label_b") for x in ("--set", f"{s}.spatial_window_size=16,16,16")]
+    small = ["--max_iter", "2", "--sample_per_volume", "2", "--queue_length", "2", *net]
     proc = run_cli("train", "-c", cfg, *small)
     err = proc.stderr
     assert "ignored by uhved_tf" in err            # e.g. loss_type, num_gpus: said, not silent
@@ -160,9 +167,9 @@ def test_original_uhved_config_trains_with_only_paths_changed(tmp_path):
     # Inference reuses the landmarks; the original 140 window is rounded to 144 with a warning.
     out = tmp_path / "out"
     t1 = next(data.glob("*_T1.nii.gz"))
-    failed = run_cli("inference", "-c", cfg, "--t1", t1, "-o", out, check=False)
+    failed = run_cli_here("inference", "-c", cfg, "--t1", t1, "-o", out, *net, check=False)
     assert failed.returncode == 2 and "inference_iter = -1" in failed.stderr   # the original asks for 60000
-    proc = run_cli("inference", "-c", cfg, "--t1", t1, "-o", out, "--samples", "1", "--inference_iter=-1")
+    proc = run_cli("inference", "-c", cfg, "--t1", t1, "-o", out, "--samples", "1", "--inference_iter=-1", *net)
     assert "using 144, 144, 144" in proc.stderr
     seg = nib.load(str(out / f"{t1.name[:-len('_T1.nii.gz')]}_seg.nii.gz"))
     assert seg.shape == nib.load(str(t1)).shape
@@ -202,10 +209,10 @@ def tiny(tmp_path_factory):
     from uhved_tf.demo.synthetic import make_demo_dataset
     make_demo_dataset(root / "data", n_subjects=4, shape=(32, 32, 24), spacing=(6.0, 6.0, 6.0), seed=5)
     cfg = root / "tiny.ini"
-    cfg.write_text(TINY_INI.format(data=root / "data", model=root / "unused"))
+    cfg.write_text(FAST_INI.format(data=root / "data", model=root / "unused"))
+    # The uninterrupted run: the same command line, run by the CLI's main in this process.
     reference = root / "reference"
-    proc = start_training(cfg, reference, 8)
-    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    run_cli_here("train", "-c", cfg, "-q", "--max_iter", "8", "--set", f"SYSTEM.model_dir={reference}")
     return root, cfg, metrics(reference)
 
 
@@ -251,8 +258,8 @@ def test_incomplete_subjects_train_with_allow_missing_modalities(tiny, tmp_path)
     t2 = sorted(data.rglob("*_t2.nii.gz"))[0]
     t2.unlink()
     cfg = tmp_path / "tiny.ini"
-    cfg.write_text(TINY_INI.format(data=data, model=tmp_path / "m1"))
-    proc = run_cli("train", "-c", cfg)
+    cfg.write_text(FAST_INI.format(data=data, model=tmp_path / "m1"))
+    proc = run_cli_here("train", "-c", cfg)                 # what the default does: said and left out
     assert "have no T2 file" in proc.stderr, proc.stderr
     split = (tmp_path / "m1" / "dataset_split.csv").read_text()
     sid = t2.name[: -len("_t2.nii.gz")]

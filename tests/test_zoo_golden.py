@@ -1,7 +1,8 @@
 """Golden outputs: each model-zoo entry segments the bundled demo case as it did when it was
 packaged (Dice >= 0.99 per region against the stored segmentation), so a regression in
-preprocessing, the model or the aggregation is caught. Also the README's quick path:
-``inference --model uhved_demo`` with two modalities, from the repository as cloned."""
+preprocessing, the model or the aggregation is caught (``inference --model NAME`` through the
+CLI's ``main`` in this process). Also the README's quick path: ``inference --model uhved_demo``
+with two modalities, from the repository as cloned, as a user runs it (a subprocess)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import run_cli, run_cli_here
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def test_the_zoo_has_its_demo_models():
 def test_zoo_model_reproduces_its_golden_segmentation(name, tmp_path):
     case_id, files = case_files()
     args = [a for m, f in files.items() for a in (f"--{m}", f)]
-    run_cli("inference", "--model", name, *args, "-o", tmp_path, "-q", "--subject-id", case_id, cwd=tmp_path)
+    run_cli_here("inference", "--model", name, *args, "-o", tmp_path, "-q", "--subject-id", case_id, cwd=tmp_path)
     got = np.asarray(nib.load(tmp_path / f"{case_id}_seg.nii.gz").dataobj)
     golden_img = nib.load(ZOO / name / "golden" / f"{case_id}_seg.nii.gz")
     golden = np.asarray(golden_img.dataobj)

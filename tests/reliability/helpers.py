@@ -13,39 +13,19 @@ import nibabel as nib
 import numpy as np
 
 from tests.helpers import TINY_INI as E2E_TINY_INI
+from tests.helpers import ini_with
 
 REPO = Path(__file__).resolve().parents[2]
 MODALITY_SUFFIXES = {"T1": "_t1", "T1c": "_t1ce", "T2": "_t2", "Flair": "_flair", "label": "_seg"}
 DEMO_SHAPE = (32, 32, 24)
 DEMO_SPACING = (6.0, 6.0, 6.0)
 
-def ini_with(text: str, changes: dict[str, dict[str, str]]) -> str:
-    """``text`` (an INI) with ``changes[section][key] = value`` set: existing keys replaced in
-    place, missing ones added at the end of their section."""
-    out, section, pending = [], None, {k: dict(v) for k, v in changes.items()}
-
-    def flush():
-        out.extend(f"{k} = {v}" for k, v in pending.pop(section, {}).items())
-
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("[") and stripped.endswith("]"):
-            flush()
-            section = stripped[1:-1]
-        elif "=" in stripped and section in pending:
-            key = stripped.split("=", 1)[0].strip()
-            if key in pending[section]:
-                line = f"{key} = {pending[section].pop(key)}"
-        out.append(line)
-    flush()
-    return "\n".join(out) + "\n"
-
-
-# The smallest useful U-HVED: the end-to-end tests' tiny config (16^3 windows, 3 levels) with base
-# width 2, one thread, 4 iterations without checkpoints and every subject in training.
+# The smallest useful U-HVED: the end-to-end tests' tiny config (16^3 windows) with two levels and
+# base width 2 (building and tracing the network is most of a tiny run), one thread, 4 iterations
+# without checkpoints and every subject in training.
 TINY_INI = ini_with(E2E_TINY_INI, {
     "SYSTEM": {"seed": "7", "num_threads": "1"},
-    "NETWORK": {"base_width": "2", "queue_length": "2"},
+    "NETWORK": {"base_width": "2", "levels": "2", "queue_length": "2"},
     "TRAINING": {"max_iter": "4", "save_every_n": "0", "exclude_fraction_for_inference": "0"},
     "INFERENCE": {"window_overlap": "0", "samples": "1", "save_uncertainty": "False"},
 })

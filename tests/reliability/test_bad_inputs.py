@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import gzip
 import logging
+from functools import partial
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.helpers import run_cli_here
 from tests.reliability.helpers import (
     DEMO_SHAPE,
     assert_one_line,
@@ -276,15 +278,16 @@ def test_window_not_divisible_by_the_levels(tmp_path, window, levels, bad):
 # ----------------------------------------------------------------------------- through the CLI
 
 
-def _cli_train(tmp_path, folder, *extra):
+def _cli_train(tmp_path, folder, *extra, run=run_cli):
     cfg = write_config(tmp_path / "tiny.ini", folder, tmp_path / "model")
-    return run_cli("train", "-c", cfg, "-q", "--max_iter", "2", *extra)
+    return run("train", "-c", cfg, "-q", "--max_iter", "2", *extra)
 
 
-@pytest.mark.slow   # builds the network before the pipeline reads the file: ~20 s
+@pytest.mark.slow   # builds the network before the pipeline reads the file: ~15 s
 def test_cli_damaged_training_file_exits_2_with_one_line_and_no_checkpoint(data, tmp_path):
     """The file is read inside the tf.data pipeline: its DataError must still reach the user as
-    the one-line message, not as a TensorFlow traceback."""
+    the one-line message, not as a TensorFlow traceback (a subprocess: every line TensorFlow
+    writes to the terminal counts)."""
     folder, ids = data
     fragments = _truncated({"data": folder}, ids[0])
     proc = _cli_train(tmp_path, folder)
@@ -297,9 +300,10 @@ def test_cli_damaged_training_file_exits_2_with_one_line_and_no_checkpoint(data,
 
 
 def test_cli_no_subjects_exits_2_and_writes_nothing(data, tmp_path):
+    # The CLI's main in this process: it stops at discovery, before any TensorFlow work.
     folder, ids = data
     fragments = _no_subjects({"data": folder}, ids[0])
-    proc = _cli_train(tmp_path, folder)
+    proc = _cli_train(tmp_path, folder, run=partial(run_cli_here, check=False))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert len(error_lines(proc.stderr)) == 1
     assert_one_line(error_lines(proc.stderr)[0], *fragments)
@@ -309,7 +313,7 @@ def test_cli_no_subjects_exits_2_and_writes_nothing(data, tmp_path):
 def test_cli_bad_window_exits_2_before_touching_anything(data, tmp_path):
     folder, _ = data
     sets = [x for s in ("T1", "T1c", "T2", "Flair", "label") for x in ("--set", f"{s}.spatial_window_size=18")]
-    proc = _cli_train(tmp_path, folder, *sets)
+    proc = _cli_train(tmp_path, folder, "--levels", "3", *sets)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert_one_line(error_lines(proc.stderr)[0], "spatial_window_size", "not divisible by 4")
     assert not (tmp_path / "model").exists()
