@@ -164,3 +164,94 @@ def run_cli_here(*args, check=True, cwd=None):
         raise AssertionError(f"uhved_tf {' '.join(map(str, args))} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+# --- the synthetic demo cases in the layouts users hold (issue 17) ----------------------------------
+# BraTS 2018 labels (1 necrotic core, 2 oedema, 4 enhancing) -> MSD / nnU-Net's BraTS conversion
+# (1 oedema, 2 non-enhancing, 3 enhancing) and BraTS 2023 (1 necrotic core, 2 oedema, 3 enhancing).
+TO_DECATHLON = {0: 0, 1: 2, 2: 1, 4: 3}
+TO_BRATS2023 = {0: 0, 1: 1, 2: 2, 4: 3}
+BRATS2018_SUFFIXES = ("t1", "t1ce", "t2", "flair")
+NNUNET_LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3}
+
+
+def dataset_in_layout(root, layout: str, n: int = 4, n_test: int = 0, shape=(32, 32, 24), spacing=(6.0, 6.0, 6.0)):
+    """The synthetic demo cases (``shape`` voxels of ``spacing`` mm) written in ``layout``: brats2023 (one
+    folder per case, ``BraTS-GLI-0000i-000-t1n.nii.gz``...), msd (``Task01_BrainTumour``: 4-D
+    images FLAIR, T1w, t1gd, T2w + dataset.json) or nnunet (``Dataset137_BraTS2021``: one file per
+    channel, region-based dataset.json). The last ``n_test`` cases go to imagesTs without labels
+    (msd, nnunet). Returns the dataset folder."""
+    import json
+    from pathlib import Path
+
+    import nibabel as nib
+    import numpy as np
+
+    from uhved_tf.demo.synthetic import make_demo_dataset
+
+    root = Path(root)
+    src = root / "brats2018_source"
+    make_demo_dataset(src, n_subjects=n, shape=shape, spacing=spacing, seed=1)
+    cases = sorted(p.parent for p in src.rglob("*_seg.nii.gz"))
+
+    def read(case, suffix):
+        img = nib.load(str(next(case.glob(f"*_{suffix}.nii.gz"))))
+        return np.asarray(img.dataobj), img
+
+    def relabel(data, table):
+        out = np.zeros(data.shape, np.uint8)
+        for old, new in table.items():
+            out[data == old] = new
+        return out
+
+    if layout == "brats2023":
+        out = root / "BraTS2023"
+        for i, case in enumerate(cases):
+            sid = f"BraTS-GLI-{i:05d}-000"
+            (out / sid).mkdir(parents=True)
+            for old, new in zip((*BRATS2018_SUFFIXES, "seg"), ("t1n", "t1c", "t2w", "t2f", "seg")):
+                data, img = read(case, old)
+                data = relabel(data, TO_BRATS2023) if old == "seg" else data
+                nib.save(nib.Nifti1Image(data, img.affine, img.header), str(out / sid / f"{sid}-{new}.nii.gz"))
+        return out
+    out = root / ("Task01_BrainTumour" if layout == "msd" else "Dataset137_BraTS2021")
+    for part in ("imagesTr", "labelsTr", "imagesTs"):
+        (out / part).mkdir(parents=True)
+    training, test = [], []
+    order = ("flair", "t1", "t1ce", "t2") if layout == "msd" else BRATS2018_SUFFIXES
+    for i, case in enumerate(cases):
+        sid = f"BRATS_{i + 1:03d}"
+        images = "imagesTs" if i >= n - n_test else "imagesTr"
+        volumes = [read(case, s) for s in order]
+        affine = volumes[0][1].affine
+        if layout == "msd":
+            stacked = np.stack([v for v, _ in volumes], axis=-1).astype(np.float32)
+            nib.save(nib.Nifti1Image(stacked, affine), str(out / images / f"{sid}.nii.gz"))
+        else:
+            for k, (v, img) in enumerate(volumes):
+                nib.save(nib.Nifti1Image(v, affine, img.header), str(out / images / f"{sid}_{k:04d}.nii.gz"))
+        if images == "imagesTs":
+            test.append(f"./imagesTs/{sid}.nii.gz")
+            continue
+        seg, img = read(case, "seg")
+        nib.save(nib.Nifti1Image(relabel(seg, TO_DECATHLON), affine), str(out / "labelsTr" / f"{sid}.nii.gz"))
+        training.append({"image": f"./imagesTr/{sid}.nii.gz", "label": f"./labelsTr/{sid}.nii.gz"})
+    if layout == "msd":
+        meta = {"name": "BRATS", "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+                "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+                "numTraining": len(training), "numTest": len(test), "training": training, "test": test}
+    else:
+        meta = {"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}, "labels": NNUNET_LABELS,
+                "regions_class_order": [1, 2, 3], "numTraining": len(training), "file_ending": ".nii.gz"}
+    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def layout_ini(data, model, convention: str, base: str = FAST_INI) -> str:
+    """``base`` (TINY_INI-like) reading ``[DATASET] path = data`` in ``convention``'s layout: the
+    input sections keep their processing keys and lose their file keys."""
+    lines = [line for line in base.format(data=data, model=model).splitlines()
+             if not line.startswith(("path_to_search", "filename_contains", "filename_not_contains"))]
+    text = "\n".join(lines) + "\n"
+    return ini_with(text, {"MULTIMODAL": {"label_values": "0, 1, 2, 3"}}).replace(
+        "[MULTIMODAL]", f"[DATASET]\npath = {data}\nconvention = {convention}\n[MULTIMODAL]")

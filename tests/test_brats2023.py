@@ -7,54 +7,35 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.helpers import TINY_INI, run_cli
+from tests.helpers import TINY_INI, dataset_in_layout, layout_ini, run_cli, run_cli_here
 from uhved_tf.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}
 
 
-def brats2023_folder(root: Path, n: int = 4) -> Path:
-    """The synthetic demo cases renamed as BraTS 2023 ships them (one folder per case), label 4 -> 3."""
-    from uhved_tf.demo.synthetic import make_demo_dataset
-    src = root / "brats2018"
-    make_demo_dataset(src, n_subjects=n, shape=(32, 32, 24), spacing=(6.0, 6.0, 6.0), seed=1)
-    out = root / "BraTS2023"
-    for i, case in enumerate(sorted(p.parent for p in src.rglob("*_seg.nii.gz"))):
-        sid = f"BraTS-GLI-{i:05d}-000"
-        (out / sid).mkdir(parents=True)
-        for old, new in NAMES.items():
-            img = nib.load(str(next(case.glob(f"*_{old}.nii.gz"))))
-            data = np.asarray(img.dataobj)
-            if old == "seg":
-                data = np.where(data == 4, 3, data).astype(np.uint8)
-            nib.save(nib.Nifti1Image(data, img.affine, img.header), str(out / sid / f"{sid}-{new}.nii.gz"))
-    return out
-
-
-def tiny_brats2023_ini(data: Path, model: Path) -> str:
+def sections_ini(data, model, convention: str) -> str:
+    """The BraTS 2023 files found by input sections (filename_contains) instead of [DATASET] path."""
     text = TINY_INI.format(data=data, model=model)
     for old, new in (("_t1ce", "-t1c"), ("_t1\n", "-t1n\n"), ("_t2\n", "-t2w\n"), ("_flair", "-t2f"),
                      ("_seg", "-seg")):
         text = text.replace(f"filename_contains = {old}", f"filename_contains = {new}")
-    text = text.replace("filename_not_contains = _t1ce\n", "")
-    return text.replace("[MULTIMODAL]", "[DATASET]\nconvention = brats2023\n[MULTIMODAL]\nlabel_values = 0, 1, 2, 3")
+    return text.replace("filename_not_contains = _t1ce\n", "").replace(
+        "[MULTIMODAL]", f"[DATASET]\nconvention = {convention}\n[MULTIMODAL]")
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("brats2023")
-    data = brats2023_folder(root)
+    data = dataset_in_layout(root, "brats2023")
     cfg = root / "tiny2023.ini"
-    cfg.write_text(tiny_brats2023_ini(data, root / "model"))
+    cfg.write_text(layout_ini(data, root / "model", "brats2023"))
     return root, cfg, data
 
 
 def test_the_shipped_config_finds_every_case_of_the_layout(project):
     from uhved_tf.application import Application
     _, _, data = project
-    cfg = load_config(REPO / "config" / "brats2023.ini",
-                      set_overrides=[f"{s}.path_to_search={data}" for s in ("T1", "T1c", "T2", "Flair", "label")])
+    cfg = load_config(REPO / "config" / "brats2023.ini", set_overrides=[f"DATASET.path={data}"])
     subjects = Application(cfg).discover(need_label=True)
     assert [s.id for s in subjects] == [f"BraTS-GLI-{i:05d}-000" for i in range(4)]
     assert all(s.files["T1"].name.endswith("-t1n.nii.gz") and s.files["label"].name.endswith("-seg.nii.gz")
@@ -66,18 +47,16 @@ def test_trains_segments_in_brats2023_labels_and_scores_its_regions(project):
     root, cfg, data = project
     run_cli("train", "-c", cfg, "-q")
     out = root / "seg"
-    run_cli("inference", "-c", cfg, "-q", "-o", out)
-    segs = sorted(out.glob("*_seg.nii.gz"))
+    run_cli_here("inference", "-c", cfg, "-q", "-o", out)
+    segs = sorted(out.glob("BraTS-GLI-*-seg.nii.gz"))          # the dataset's own naming
     assert segs and all(set(np.unique(np.asarray(nib.load(str(p)).dataobj))) <= {0, 1, 2, 3} for p in segs)
-    run_cli("evaluate", "-c", cfg, "-q", "--subsets", "full", "-o", root / "eval")
+    run_cli_here("evaluate", "-c", cfg, "-q", "--subsets", "full", "-o", root / "eval")
     header = (root / "eval" / "per_case.csv").read_text().splitlines()[0].split(",")
     assert {"dice_whole", "dice_core", "dice_enhancing", "hd95_whole"} <= set(header)
     # Training the BraTS 2018 convention on these labels is refused, naming a label file and the preset.
     wrong = root / "wrong.ini"
-    wrong.write_text(cfg.read_text().replace("convention = brats2023", "convention = brats2018")
-                     .replace("label_values = 0, 1, 2, 3", "label_values = 0, 1, 2, 4")
-                     .replace(str(root / "model"), str(root / "model2018")))
-    proc = run_cli("train", "-c", wrong, "-q", check=False)
+    wrong.write_text(sections_ini(data, root / "model2018", "brats2018"))
+    proc = run_cli_here("train", "-c", wrong, "-q", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "-seg.nii.gz: label values [3] are not in label_values [0, 1, 2, 4]" in proc.stderr
     assert "preset brats2023 or msd fits" in proc.stderr
@@ -101,7 +80,7 @@ def test_evaluate_predictions_scores_any_segmentation_folder_without_a_model(pro
     shifted = np.roll(np.asarray(img.dataobj), 2, axis=0)
     nib.save(nib.Nifti1Image(shifted, img.affine, img.header), str(preds / labels[2].name.replace("-seg", "")))
     (preds / "stranger_seg.nii.gz").write_bytes(labels[0].read_bytes())
-    proc = run_cli("evaluate", "-c", cfg, "--predictions", preds, "--dataset", "all", "-o", root / "report")
+    proc = run_cli_here("evaluate", "-c", cfg, "--predictions", preds, "--dataset", "all", "-o", root / "report")
     assert "3 cases" in proc.stdout
     rows = {r["subject"]: r for r in csv.DictReader(open(root / "report" / "per_case.csv"))}
     assert sorted(rows) == [f"BraTS-GLI-{i:05d}-000" for i in range(3)]

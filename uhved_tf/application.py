@@ -18,10 +18,12 @@ import numpy as np
 from uhved_tf import __version__
 from uhved_tf.config import Config
 from uhved_tf.data.cases import Case, PreprocessSettings, load_case
+from uhved_tf.convention import Convention
 from uhved_tf.convention import from_config as convention_from_config
 from uhved_tf.errors import ConfigError, DataError, UhvedError
 from uhved_tf.inference.case import CasePredictor, Outputs
 from uhved_tf.io.discovery import InputSpec, find_subjects, load_or_create_split, subjects_in
+from uhved_tf.io.layouts import LAYOUTS, find_cases, nnunet_convention, output_name, prediction_id, read_dataset_json
 from uhved_tf.model_dir import ModelDir
 from uhved_tf.subset import Subset
 
@@ -32,10 +34,37 @@ class Application:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.model_dir = ModelDir.from_config(cfg)
-        self.outputs = Outputs.from_config(cfg)
-        self.convention = convention_from_config(cfg)
+        self.convention, file_ending = self._convention()
+        self.outputs = Outputs.from_config(cfg, seg_name=self.seg_name_pattern(file_ending))
+        self.test_ids: frozenset[str] = frozenset()     # unlabelled imagesTs cases of an msd / nnunet dataset
         self.pipeline_error: UhvedError | None = None   # the first user error of the input pipeline
         self.loaded_checkpoint: dict | None = None      # which weights load_trained_model restored
+
+    def _convention(self):
+        """``(convention, file ending)``: a preset's or custom's; nnunet's from the dataset's
+        dataset.json (or, when the dataset is not here, from the model's metadata)."""
+        cfg = self.cfg
+        if cfg.dataset.convention != "nnunet":
+            return convention_from_config(cfg), ".nii.gz"
+        try:
+            data, where = read_dataset_json(cfg.dataset.path)
+        except DataError:
+            saved = self.model_dir.read_metadata() if self.model_dir.metadata.is_file() else {}
+            if "convention" not in saved:
+                raise
+            return Convention.from_metadata(saved["convention"]), ".nii.gz"
+        convention = nnunet_convention(data, str(where))
+        if convention.label_values != tuple(cfg.task.label_values):
+            values = ", ".join(map(str, convention.label_values))
+            raise ConfigError(f"{where} has the label values {values} but [MULTIMODAL] label_values = "
+                              f"{', '.join(map(str, cfg.task.label_values))}; set label_values = {values} and "
+                              f"num_classes = {len(convention.label_values)}")
+        return convention, str(data.get("file_ending", ".nii.gz"))
+
+    def seg_name_pattern(self, file_ending: str = ".nii.gz") -> str:
+        """The segmentation's file name, ``{id}`` to fill: the dataset's own naming."""
+        layout = self.cfg.dataset.convention if self.cfg.dataset.convention in LAYOUTS else "brats2018"
+        return output_name(layout, "ID", file_ending).replace("ID", "{id}", 1)
 
     # --- data --------------------------------------------------------------------------------
     def preprocess_settings(self) -> PreprocessSettings:
@@ -64,14 +93,35 @@ class Application:
         else:
             required = list(cfg.modalities) + ([label] if need_label and label else [])
             optional = []
+        if cfg.dataset.path:
+            return self._dataset_subjects(required, optional)
         specs = [s for s in self.input_specs() if s.name in set(required) | set(optional)]
         return find_subjects(specs, required=required, optional=optional)
 
+    def _dataset_subjects(self, required, optional):
+        """The subjects of ``[DATASET] path`` (its convention's layout) with every required section."""
+        d = self.cfg.dataset
+        cases = find_cases(d.convention, d.path, self.cfg.modalities, self.cfg.label_section, d.channels)
+        self.test_ids = cases.test_ids
+        subjects = [s for s in cases.subjects if all(n in s.files for n in required)
+                    and any(m in s.files for m in self.cfg.modalities)]
+        dropped = [s.id for s in cases.subjects if s not in subjects and s.id not in cases.test_ids]
+        if dropped:   # (the unlabelled imagesTs/ cases are expected to lack the label)
+            log.warning("%d of the %d cases of %s lack a file this command needs (%s) and are not used: %s",
+                        len(dropped), len(cases.subjects), d.path, ", ".join(required), ", ".join(dropped[:5]))
+        if not subjects:
+            raise DataError(f"[DATASET] path {d.path}: no case has every file this command needs "
+                            f"({', '.join(required or self.cfg.modalities)})")
+        return subjects
+
     def split(self, subjects) -> dict[str, str]:
+        """``{id: phase}``: the model directory's split file (drawn when missing; the fold's with
+        ``[DATASET] fold``); a dataset's unlabelled test cases (imagesTs) are always Inference."""
         t = self.cfg.training
-        return load_or_create_split([s.id for s in subjects], self.model_dir.split,
-                                    t.exclude_fraction_for_validation, t.exclude_fraction_for_inference,
-                                    self.cfg.system.seed)
+        split = load_or_create_split([s.id for s in subjects if s.id not in self.test_ids], self.model_dir.split,
+                                     t.exclude_fraction_for_validation, t.exclude_fraction_for_inference,
+                                     self.cfg.system.seed, fold=self.cfg.dataset.fold)
+        return {**split, **{s.id: "Inference" for s in subjects if s.id in self.test_ids}}
 
     def load_case(self, subject, settings: PreprocessSettings | None = None, with_label=True) -> Case:
         settings = settings or self.preprocess_settings()
@@ -401,7 +451,8 @@ class Application:
                 by_subset.update(zip(group, predictor(case, group)))
             return by_subset
 
-        return evaluate_cases(cases(), len(chosen), predict, Evaluation.from_config(cfg, subsets), models,
+        ev = Evaluation.from_config(cfg, subsets, self.convention)
+        return evaluate_cases(cases(), len(chosen), predict, ev, models,
                               out_dir=Path(out_dir or cfg.evaluation.save_csv_dir), progress=progress, figure=figure)
 
     def evaluate_predictions(self, predictions: Path, phase: str = "Inference", out_dir: Path | None = None,
@@ -419,11 +470,12 @@ class Application:
         if phase != "All":
             ids = set(subjects_in(self.split(subjects), phase))
             subjects = [s for s in subjects if s.id in ids]
+        layout = self.cfg.dataset.convention if self.cfg.dataset.convention in LAYOUTS else "brats2018"
         files = {}
         for f in sorted(predictions.iterdir()):
-            name = f.name[:-7] if f.name.endswith(".nii.gz") else f.name[:-4] if f.name.endswith(".nii") else None
-            if name is not None:
-                files[name[:-4] if name.endswith("_seg") else name] = f
+            sid = prediction_id(layout, f.name)
+            if sid is not None:
+                files[sid] = f
         by_id = {s.id: s for s in subjects}
         pairs = [(sid, files[sid], by_id[sid].files[self.cfg.label_section]) for sid in by_id if sid in files]
         missing = [sid for sid in by_id if sid not in files]
@@ -435,7 +487,7 @@ class Application:
             if items:
                 log.warning("%d %s (listed in unmatched.txt): %s", len(items), what, ", ".join(items[:5]) +
                             (", ..." if len(items) > 5 else ""))
-        ev = Evaluation.from_config(self.cfg, ())
+        ev = Evaluation.from_config(self.cfg, (), self.convention)
         return score_predictions(pairs, ev, Path(out_dir or self.cfg.evaluation.save_csv_dir), missing, extra,
                                  progress=progress)
 

@@ -62,6 +62,15 @@ class Convention:
         return {"name": self.name, "label_values": list(self.label_values),
                 "regions": {k: list(v) for k, v in self.regions}, "enhancing": self.enhancing, "core": self.core}
 
+    @classmethod
+    def from_metadata(cls, d: dict) -> "Convention":
+        """The convention a model directory's metadata stored (:meth:`to_metadata`)."""
+        if d["name"] in PRESETS:
+            return PRESETS[d["name"]]
+        values = tuple(int(v) for v in d["label_values"])
+        return cls(str(d["name"]), values, tuple((k, tuple(int(x) for x in v)) for k, v in d["regions"].items()),
+                   d.get("enhancing"), d.get("core"), tuple(zip(values[1:], PALETTE)))
+
 
 def preset_hint(values) -> str:
     """``"; preset brats2023 or msd fits these values: ..."`` for label values a convention refused."""
@@ -85,8 +94,8 @@ PRESETS: dict[str, Convention] = {
     "msd": Convention("msd", (0, 1, 2, 3), _regions(whole=(1, 2, 3), core=(2, 3), enhancing=(3,)),
                       enhancing=3, core=2, colours=((1, GREEN), (2, RED), (3, BLUE))),
 }
-NAMES = (*PRESETS, "custom")
-_PALETTE = (RED, GREEN, BLUE, (255, 255, 0), (255, 0, 255), (0, 255, 255))
+NAMES = (*PRESETS, "nnunet", "custom")
+PALETTE = (RED, GREEN, BLUE, (255, 255, 0), (255, 0, 255), (0, 255, 255))
 
 
 def parse_regions(text: str, label_values, where: str = "[DATASET] regions") -> tuple:
@@ -111,9 +120,13 @@ def parse_regions(text: str, label_values, where: str = "[DATASET] regions") -> 
     return tuple(out)
 
 
-def from_settings(name: str, label_values, regions_text: str = "", enhancing_label: int = -1) -> Convention:
-    """The convention of ``[DATASET] convention`` (checked against ``[MULTIMODAL] label_values``)."""
+def from_settings(name: str, label_values, regions_text: str = "", enhancing_label: int = -1) -> Convention | None:
+    """The convention of ``[DATASET] convention`` (checked against ``[MULTIMODAL] label_values``);
+    ``None`` for ``nnunet``, whose labels and regions are its dataset.json's
+    (:func:`uhved_tf.io.layouts.nnunet_convention`)."""
     label_values = tuple(int(v) for v in label_values)
+    if name == "nnunet":
+        return None
     if name != "custom":
         preset = PRESETS[name]
         if label_values != preset.label_values:
@@ -128,7 +141,7 @@ def from_settings(name: str, label_values, regions_text: str = "", enhancing_lab
                           f"{', '.join(map(str, label_values[1:]))}")
     enhancing = enhancing_label if enhancing_label > 0 else None
     core = next((v for v in label_values[1:] if v != enhancing), None) if enhancing else None
-    colours = tuple(zip(label_values[1:], _PALETTE))
+    colours = tuple(zip(label_values[1:], PALETTE))
     return Convention("custom", label_values, regions, enhancing, core, colours)
 
 

@@ -23,7 +23,7 @@ from uhved_tf.config import schema as S
 from uhved_tf.errors import ConfigError, close_matches, did_you_mean
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = [REPO / "config" / "demo.ini", REPO / "config" / "uhved.ini"]
+SHIPPED = [REPO / "config" / n for n in ("demo.ini", "uhved.ini", "brats2023.ini", "msd.ini", "nnunet.ini")]
 PARSER_LOGGER = "uhved_tf.config.parser"
 
 MINIMAL = """
@@ -180,7 +180,8 @@ def test_shipped_config_parses_without_warnings(path, caplog):
     assert not caplog.records, [r.getMessage() for r in caplog.records]
     assert cfg.modalities == ("T1", "T1c", "T2", "Flair")
     assert cfg.label_section == "label"
-    assert cfg.task.num_classes == 4 and cfg.task.label_values == (0, 1, 2, 4)
+    four = (0, 1, 2, 4) if cfg.dataset.convention == "brats2018" else (0, 1, 2, 3)
+    assert cfg.task.num_classes == 4 and cfg.task.label_values == four
     assert cfg.network.name == "u_hved"
     assert cfg.source == path
 

@@ -22,7 +22,7 @@ def cross_check(sections: dict[str, Values], inputs: dict[str, Values], task: st
     net, train, infer = sections["NETWORK"], sections["TRAINING"], sections["INFERENCE"]
     tv = sections[S.TASK_SECTION]
     _check_task_groups(tv, net, inputs, task, where)
-    _check_inputs(tv, inputs, task, where)
+    _check_inputs(tv, inputs, task, sections["DATASET"], where)
     _check_windows(tv, net["levels"], infer, inputs, where)
     _check_labels(tv, task, where)
     _check_convention(sections["DATASET"], tv, where)
@@ -64,13 +64,27 @@ def _check_task_groups(tv: Values, net: Values, inputs: dict[str, Values], task:
                           f"from the label: set [{task}] label")
 
 
-def _check_inputs(tv: Values, inputs: dict[str, Values], task: str, where: str) -> None:
-    """The sections used by the task say where their files are; the others are ignored (WARNING)."""
+def _check_inputs(tv: Values, inputs: dict[str, Values], task: str, ds: Values, where: str) -> None:
+    """The sections used by the task say where their files are, or [DATASET] path does (never
+    both); the others are ignored (WARNING)."""
     used = (*tv["image"], *tv["label"], *tv["sampler"])
+    if ds["convention"] == "nnunet" and not ds["path"]:
+        raise ConfigError(f"[DATASET] convention = nnunet in {where} needs [DATASET] path (the DatasetNNN_Name "
+                          f"folder: its dataset.json gives the labels and regions)")
+    if ds["path"] and ds["convention"] == "custom":
+        raise ConfigError(f"[DATASET] path in {where} finds files by the layout of a convention (brats2018, brats2023, "
+                          f"msd, nnunet); convention = custom has none: set path_to_search and filename_contains in "
+                          f"the input sections instead")
     for name, values in inputs.items():
         if name not in used:
             logger.warning("input section [%s] of %s is not named in [%s] image/label/sampler; it is ignored",
                            name, where, task)
+            continue
+        if ds["path"]:
+            own = [k for k in ("path_to_search", "csv_file", "filename_contains") if values[k]]
+            if own:
+                logger.warning("[%s] %s of %s is not used: [DATASET] path = %s finds the files (%s layout)",
+                               name, ", ".join(own), where, ds["path"], ds["convention"])
             continue
         if not values["csv_file"] and not values["path_to_search"]:
             raise ConfigError(f"[{name}] in {where}: set path_to_search (folders holding its files) or csv_file")

@@ -739,9 +739,19 @@ EVALUATION_KEYS: tuple[Key, ...] = (
 )
 
 DATASET_KEYS: tuple[Key, ...] = (
+    K("path", PathStr("config", empty="keep", resolved_type=str), "",
+      "The dataset folder in the layout of its convention (BraTS: the folder of the cases; msd: Task01_BrainTumour; "
+      "nnunet: DatasetNNN_Name); finds every input section's files (their path_to_search stays empty)"),
     K("convention", Choice(*CONVENTIONS), "brats2018",
-      "Label convention: brats2018 (2018-2021: labels 0, 1, 2, 4), brats2023 (2023-2024 GLI: 0, 1, 2, 3, "
-      "enhancing 3), msd (Task01: 1 oedema, 2 non-enhancing, 3 enhancing) or custom; sets the regions scored"),
+      "Label convention and file layout: brats2018 (2018-2021: labels 0, 1, 2, 4), brats2023 (2023-2024 GLI: 0, 1, "
+      "2, 3, enhancing 3), msd (Task01: 1 oedema, 2 non-enhancing, 3 enhancing), nnunet (labels and regions from "
+      "dataset.json) or custom; sets the regions scored and the output file names"),
+    K("channels", _STR_ARRAY, (),
+      "msd / nnunet: the modality of each image channel (channel 0, 1, ...), e.g. Flair, T1, T1c, T2; empty = the "
+      "channel names of dataset.json"),
+    K("fold", Int(lo=0, hi=3), 0,
+      "Fold 1, 2 or 3 of the paper's 3-fold protocol: a seeded split whose test parts (exclude_fraction_for_inference) "
+      "do not overlap between folds; 0 = one split drawn from the exclude fractions"),
     K("regions", Str(quoted=False), "",
       "convention = custom: the regions scored, e.g. whole = 1, 2, 3; core = 1, 3; enhancing = 3"),
     K("enhancing_label", Int(lo=-1), -1,

@@ -15,7 +15,6 @@ import numpy as np
 
 from uhved_tf.data import preprocessing as pp
 from uhved_tf.convention import Convention
-from uhved_tf.convention import from_config as convention_from_config
 from uhved_tf.subset import Subset
 from uhved_tf.io.atomic import atomic_write_csv, atomic_write_text
 from uhved_tf.evaluation.metrics import evaluate_case
@@ -45,9 +44,9 @@ class Evaluation:
     et_min_voxels: int = 0
 
     @classmethod
-    def from_config(cls, cfg, subsets) -> "Evaluation":
-        return cls(tuple(Subset(s, cfg.modalities) for s in subsets), tuple(cfg.modalities),
-                   convention_from_config(cfg), cfg.evaluation.et_min_voxels)
+    def from_config(cls, cfg, subsets, convention: Convention) -> "Evaluation":
+        return cls(tuple(Subset(s, cfg.modalities) for s in subsets), tuple(cfg.modalities), convention,
+                   cfg.evaluation.et_min_voxels)
 
     @property
     def label_values(self) -> tuple:

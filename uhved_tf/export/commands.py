@@ -96,9 +96,9 @@ def cmd_client(args, cfg) -> int:
     else:
         sid = subject_id_for_file(next(s for s in app.input_specs() if s.name == first_mod), first)
     out_dir = Path(args.output)
-    if not args.overwrite and (out_dir / f"{sid}_seg.nii.gz").exists():   # before the (long) request
-        raise DataError(f"{out_dir / f'{sid}_seg.nii.gz'} exists; pass --overwrite to replace the outputs or "
-                        f"choose another output folder")
+    seg = out_dir / app.outputs.seg_file(sid)
+    if not args.overwrite and seg.exists():   # before the (long) request
+        raise DataError(f"{seg} exists; pass --overwrite to replace the outputs or choose another output folder")
     case = app.load_case(Subject(sid, {m: Path(p) for m, p in files.items()}), settings, with_label=False)
     result = request_case(case, cfg, meta, server=args.server, model=model, version=args.version,
                           protocol=args.protocol, signature=args.signature, timeout=args.timeout)

@@ -57,18 +57,24 @@ class CasePredictor:
 
 @dataclass(frozen=True)
 class Outputs:
-    """What is written per case and subset: ``<id>_seg.nii.gz``, ``<id>_<modality>_synth.nii.gz``
-    (networks that synthesise), ``<id>_uncertainty.nii.gz`` and ``<id>_prob.nii.gz`` (when asked)."""
+    """What is written per case and subset: the segmentation (``seg_name``: ``<id>_seg.nii.gz``, or
+    the dataset's own naming, e.g. ``<id>-seg.nii.gz`` for BraTS 2023, ``<id>.nii.gz`` for nnU-Net),
+    ``<id>_<modality>_synth.nii.gz`` (networks that synthesise), ``<id>_uncertainty.nii.gz`` and
+    ``<id>_prob.nii.gz`` (when asked)."""
 
     modalities: tuple
     label_values: tuple
     uncertainty: bool = False
     probabilities: bool = False
+    seg_name: str = "{id}_seg.nii.gz"
 
     @classmethod
-    def from_config(cls, cfg) -> "Outputs":
+    def from_config(cls, cfg, seg_name: str = "{id}_seg.nii.gz") -> "Outputs":
         return cls(tuple(cfg.modalities), tuple(cfg.task.label_values), bool(cfg.inference.save_uncertainty),
-                   bool(cfg.inference.output_prob or cfg.task.output_prob))
+                   bool(cfg.inference.output_prob or cfg.task.output_prob), seg_name)
+
+    def seg_file(self, subject_id: str) -> str:
+        return self.seg_name.format(id=subject_id)
 
     def labels(self, result: dict, dtype=np.int32) -> np.ndarray:
         """The label map (label values, not classes) on the working grid."""
@@ -95,8 +101,8 @@ class Outputs:
         unless ``overwrite``."""
         from uhved_tf.io.nifti import save_like
 
-        targets = [(Path(out_dir) / f"{case.id}_{suffix}.nii.gz", *spec)
-                   for suffix, spec in self.arrays(case, result).items()]
+        targets = [(Path(out_dir) / (self.seg_file(case.id) if suffix == "seg" else f"{case.id}_{suffix}.nii.gz"),
+                    *spec) for suffix, spec in self.arrays(case, result).items()]
         if not overwrite:
             existing = [str(p) for p, *_ in targets if p.exists()]
             if existing:

@@ -67,7 +67,7 @@ class Subject:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def _listing(ids: Iterable[str]) -> str:
+def listing(ids: Iterable[str]) -> str:
     ids = list(ids)
     shown = ", ".join(ids[:_MAX_LISTED])
     return shown + (f", ... ({len(ids) - _MAX_LISTED} more)" if len(ids) > _MAX_LISTED else "")
@@ -97,11 +97,11 @@ def safe_subject_id(raw: str) -> str:
     return text
 
 
-def _strip_nifti_suffix(name: str) -> str | None:
+def strip_nifti_suffix(name: str) -> str | None:
     return next((name[: -len(suffix)] for suffix in NIFTI_SUFFIXES if name.lower().endswith(suffix)), None)
 
 
-def _walk_nifti(folder: Path) -> list[Path]:
+def walk_nifti(folder: Path) -> list[Path]:
     """All non-hidden ``*.nii`` / ``*.nii.gz`` files under ``folder``, recursively, sorted.
 
     Symlinked folders are followed once each (guarded against loops).
@@ -116,7 +116,7 @@ def _walk_nifti(folder: Path) -> list[Path]:
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if not name.startswith(".") and _strip_nifti_suffix(name) is not None:
+            if not name.startswith(".") and strip_nifti_suffix(name) is not None:
                 found.append(Path(root) / name)
     return found
 
@@ -147,7 +147,7 @@ def subject_id_for_file(spec: InputSpec, path) -> str:
     ``filename_contains`` parts (and ``filename_removefromid``) removed when the name matches the
     section's filters, else the file name without its extension; always sanitised."""
     name = Path(path).name
-    stem = _strip_nifti_suffix(name) or name
+    stem = strip_nifti_suffix(name) or name
     raw = _id_from_name(spec, stem, re.compile(spec.filename_removefromid) if spec.filename_removefromid
                         else None) if _matches(spec, stem) else stem
     return safe_subject_id(raw or stem)
@@ -221,12 +221,12 @@ def _files_from_search(spec: InputSpec, cache: dict[Path, list[Path]], required:
         if not folder.is_dir():
             raise DataError(f"[{spec.name}]: path_to_search folder {folder} does not exist or is not a folder")
         if folder not in cache:
-            cache[folder] = _walk_nifti(folder)
+            cache[folder] = walk_nifti(folder)
         candidates.extend(cache[folder])
 
     table: dict[str, Path] = {}
     for path in candidates:
-        stem = _strip_nifti_suffix(path.name)
+        stem = strip_nifti_suffix(path.name)
         if not _matches(spec, stem):
             continue
         subject_id = _sanitised(spec.name, _id_from_name(spec, stem, regex), str(path))
@@ -292,9 +292,9 @@ def find_subjects(specs: Sequence[InputSpec], required: Sequence[str], optional:
         for name in required:
             dropped = sorted(all_ids - set(tables[name]))
             if dropped:
-                logger.warning("%d subjects have no %s file: %s", len(dropped), name, _listing(dropped))
+                logger.warning("%d subjects have no %s file: %s", len(dropped), name, listing(dropped))
         if not ids:
-            counts = "; ".join(f"[{n}] has {len(tables[n])} ids (e.g. {_listing(sorted(tables[n])[:3])})"
+            counts = "; ".join(f"[{n}] has {len(tables[n])} ids (e.g. {listing(sorted(tables[n])[:3])})"
                                for n in required)
             raise DataError(f"no subject has a file in every required section {list(required)}: {counts}")
     else:
@@ -326,13 +326,13 @@ def _read_split(split_file: Path, subject_ids: list[str]) -> dict[str, str]:
     unknown = sorted(set(split) - set(subject_ids))
     if unknown:
         raise DataError(
-            f"split file {split_file} lists {len(unknown)} subjects that were not found: {_listing(unknown)} "
+            f"split file {split_file} lists {len(unknown)} subjects that were not found: {listing(unknown)} "
             "(fix the file, or delete it to create a new split)"
         )
     absent = [i for i in subject_ids if i not in split]
     if absent:
         logger.warning("%d subjects are not in split file %s; using them for Training: %s",
-                       len(absent), split_file, _listing(absent))
+                       len(absent), split_file, listing(absent))
         split.update(dict.fromkeys(absent, "Training"))
     return {i: split[i] for i in sorted(split)}
 
@@ -356,6 +356,7 @@ def load_or_create_split(
     exclude_fraction_for_validation: float,
     exclude_fraction_for_inference: float,
     seed: int,
+    fold: int = 0,
 ) -> dict[str, str]:
     """Return ``{subject_id: "Training" | "Validation" | "Inference"}`` sorted by id.
 
@@ -365,7 +366,8 @@ def load_or_create_split(
     first ``round(n * fraction_for_validation)`` go to Validation, the next
     ``round(n * fraction_for_inference)`` to Inference, the rest to Training. A fraction > 0 gives at
     least one subject when there are at least 2 subjects, and at least one subject stays in
-    Training unless the fractions add up to 1. The new file is written atomically.
+    Training unless the fractions add up to 1. The new file is written atomically. With ``fold``
+    (1, 2, 3) the split is :func:`draw_split`'s for that fold, and an existing file must be it.
 
     Raises:
         DataError: the file is malformed, names subjects that were not found, or there are no
@@ -377,7 +379,7 @@ def load_or_create_split(
     if len(set(ids)) != len(ids):
         raise ValueError("subject_ids contains duplicates")
     ids.sort()
-    if split_file.is_file():
+    if split_file.is_file() and not fold:
         split = _read_split(split_file, ids)
         logger.info("using split file %s (%s)", split_file, _phase_counts(split))
         return split
@@ -390,14 +392,37 @@ def load_or_create_split(
         raise ValueError(f"exclude fractions add up to {fv + fi:g} > 1")
     if not ids:
         raise DataError(f"cannot create split file {split_file}: there are no subjects")
-    n_val, n_inf = _split_counts(len(ids), fv, fi)
+    split = draw_split(ids, fv, fi, seed, fold)
+    if split_file.is_file():
+        listed = [row[0] for _, row in _csv_rows(split_file, "cannot read split file")]
+        existing = _read_split(split_file, ids)
+        if {i: existing[i] for i in listed} != draw_split(listed, fv, fi, seed, fold):
+            raise DataError(f"split file {split_file} is not the split of fold {fold} (seed {seed}) of the "
+                            f"{len(listed)} subjects it lists: this model folder belongs to another fold or data; give each "
+                            f"fold its own model_dir (e.g. --set SYSTEM.model_dir=models/fold{fold})")
+        logger.info("using split file %s (%s)", split_file, _phase_counts(existing))
+        return existing
+    atomic_write_text(split_file, "".join(f"{i},{p}\n" for i, p in split.items()))
+    logger.info("created split file %s (%s, seed %d%s)", split_file, _phase_counts(split), seed,
+                f", fold {fold}" if fold else "")
+    return split
+
+
+def draw_split(ids: Sequence[str], fraction_val: float, fraction_inf: float, seed: int, fold: int = 0) -> dict:
+    """``{id: phase}`` drawn with a seeded shuffle of the sorted ids (NumPy's PCG64: the same on
+    every machine). ``fold`` 0: Validation, then Inference, then Training in shuffled order. Fold
+    k (1, 2, 3: the paper's 3-fold protocol): the shuffled ids are a ring; fold k's Inference part
+    starts at (k - 1) x its size, so the test parts of the folds do not overlap (while 3 x
+    fraction_inf <= 1), and its Validation part follows it."""
+    ids = sorted(ids)
+    n_val, n_inf = _split_counts(len(ids), fraction_val, fraction_inf)
     order = np.random.default_rng(seed).permutation(len(ids))
     phases = ["Validation"] * n_val + ["Inference"] * n_inf + ["Training"] * (len(ids) - n_val - n_inf)
+    if fold:
+        phases = ["Inference"] * n_inf + ["Validation"] * n_val + ["Training"] * (len(ids) - n_val - n_inf)
+        order = np.roll(order, -(fold - 1) * n_inf)
     by_id = {ids[index]: phases[rank] for rank, index in enumerate(order)}
-    split = {i: by_id[i] for i in ids}
-    atomic_write_text(split_file, "".join(f"{i},{p}\n" for i, p in split.items()))
-    logger.info("created split file %s (%s, seed %d)", split_file, _phase_counts(split), seed)
-    return split
+    return {i: by_id[i] for i in ids}
 
 
 def _phase_counts(split: dict[str, str]) -> str:

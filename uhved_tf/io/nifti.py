@@ -24,6 +24,15 @@ on the way out:
    of labels that are constant on aligned 2x2x2 blocks is exact: old voxels ``2k`` and ``2k+1`` map
    to ``k -/+ 1/4``, never to a rounding tie.
 
+**Channels of 4-D files.** Some datasets store all modalities of a case in one 4-D file
+``[X, Y, Z, C]`` (the Medical Segmentation Decathlon's ``Task01_BrainTumour``). A
+:class:`Channel` ``(path, index)`` names one of them; :func:`load_volume` and
+:func:`read_header_only` accept it wherever they accept a path, and treat volume ``[..., index]``
+exactly like a 3-D file (the geometry's header is made 3-D, so :func:`save_like` writes a 3-D
+file on the input's grid). The decompressed bytes of the last 4-D ``.nii.gz`` read through a
+:class:`Channel` are kept (one file, keyed by path, size and modification time), so loading the
+four channels of a case one after the other decompresses it once.
+
 Only ``.nii`` and ``.nii.gz`` files are read or written. Every problem a user can fix (missing,
 truncated or corrupt file, not 3-D, non-finite voxels, singular affine, output already present)
 raises :class:`uhved_tf.errors.DataError` with one line naming the file.
@@ -36,6 +45,7 @@ import logging
 import math
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,8 +65,8 @@ from uhved_tf.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NIFTI_SUFFIXES", "VolumeGeometry", "is_nifti_path", "load_volume", "read_header_only", "save_like",
-           "to_original_grid"]
+__all__ = ["NIFTI_SUFFIXES", "Channel", "VolumeGeometry", "clear_channel_cache", "is_nifti_path", "load_volume",
+           "read_header_only", "save_like", "to_original_grid"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _RESAMPLE_RTOL = 1e-3
@@ -69,6 +79,64 @@ _READ_ERRORS = (
     OverflowError,  # e.g. nibabel's header check on vox_offset = inf
 )
 _UNREADABLE = "cannot read as NIfTI (not a NIfTI file, truncated or corrupt?)"
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Channel ``index`` (0-based) of the 4-D NIfTI file ``path`` (shape ``[X, Y, Z, C]``).
+
+    It is ``os.PathLike`` (``os.fspath`` gives the file), so code that only needs the file (does
+    it exist, its name) keeps working; ``Path(channel)`` drops the channel, so pass the
+    ``Channel`` itself to :func:`load_volume` / :func:`read_header_only`. ``str()`` is
+    ``"/x/BRATS_001.nii.gz (channel 2)"``, the form used in messages.
+    """
+
+    path: Path
+    index: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+        if isinstance(self.index, bool) or not isinstance(self.index, (int, np.integer)) or self.index < 0:
+            raise ValueError(f"a channel index is an integer >= 0, got {self.index!r}")
+        object.__setattr__(self, "index", int(self.index))
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return f"{self.path} (channel {self.index})"
+
+
+class _LastDecompressed:
+    """The decompressed bytes of the last ``.nii.gz`` read through a :class:`Channel` (thread-safe)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._raw: bytes | None = None
+
+    def get(self, path: Path) -> bytes:
+        stat = path.stat()
+        key = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            if self._key == key:
+                return self._raw
+        raw = gzip.decompress(path.read_bytes())
+        with self._lock:
+            self._key, self._raw = key, raw
+        return raw
+
+    def clear(self) -> None:
+        with self._lock:
+            self._key, self._raw = None, None
+
+
+_CHANNEL_CACHE = _LastDecompressed()
+
+
+def clear_channel_cache() -> None:
+    """Forget the decompressed 4-D file kept for :class:`Channel` reads (frees its memory)."""
+    _CHANNEL_CACHE.clear()
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +155,8 @@ class VolumeGeometry:
         working_shape: 3-D shape of the working grid.
         working_affine: voxel-to-world affine of the working grid.
         resampled: whether step 2 (resampling) happened.
+        channel: the channel read from a 4-D file (:class:`Channel`), else ``None``; ``path`` is
+            the file and ``original_shape`` / ``header`` describe the 3-D channel.
 
     Arrays are read-only; equality is identity (NumPy arrays make field-wise ``==`` ambiguous).
     """
@@ -100,6 +170,7 @@ class VolumeGeometry:
     working_shape: tuple[int, int, int]
     working_affine: np.ndarray
     resampled: bool
+    channel: int | None = None
 
     @property
     def reoriented_shape(self) -> tuple[int, int, int]:
@@ -119,7 +190,7 @@ class VolumeGeometry:
 
 def is_nifti_path(path: str | os.PathLike) -> bool:
     """Whether the file name ends in ``.nii`` or ``.nii.gz`` (case-insensitive)."""
-    return str(path).lower().endswith(NIFTI_SUFFIXES)
+    return os.fspath(path).lower().endswith(NIFTI_SUFFIXES)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -154,18 +225,19 @@ def _open_nifti(path: str | os.PathLike) -> tuple[Path, Any]:
     return path, _check_class(path, img)
 
 
-def _read_nifti(path: str | os.PathLike) -> tuple[Path, Any]:
+def _read_nifti(path: str | os.PathLike, cached: bool = False) -> tuple[Path, Any]:
     """Read a whole NIfTI file into memory, verifying gzip integrity (CRC and length).
 
     nibabel alone stops decompressing once it has the voxels it needs, so a damaged ``.nii.gz``
     can load as silently wrong data; decompressing the whole member first makes gzip check it.
+    ``cached``: reuse / keep the decompressed bytes in the one-file cache of :class:`Channel` reads.
     """
     path = _check_path(path)
     try:
         if not path.name.lower().endswith(".gz"):
             return path, _check_class(path, nib.load(str(path), mmap=False))
         try:
-            raw = gzip.decompress(path.read_bytes())
+            raw = _CHANNEL_CACHE.get(path) if cached else gzip.decompress(path.read_bytes())
         except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path}: cannot decompress (truncated or corrupt gzip file?): {_one_line(exc)}") from exc
         sizeof_hdr = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
@@ -184,6 +256,26 @@ def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
     return tuple(int(d) for d in dims)
 
 
+def _channel_shape(path: Path, shape: tuple[int, ...], index: int) -> tuple[int, int, int]:
+    """The spatial shape of a 4-D ``[X, Y, Z, C]`` file (trailing singletons beyond the fourth
+    dimension dropped) that has a channel ``index``."""
+    dims = list(shape)
+    while len(dims) > 4 and dims[-1] == 1:
+        dims.pop()
+    shown = tuple(int(d) for d in shape)
+    if len(dims) != 4:
+        raise DataError(f"{path}: channel {index} asked for, but the file is not a 4-D image [X, Y, Z, C]: "
+                        f"shape {shown}")
+    if index >= dims[3]:
+        raise DataError(f"{path}: channel {index} asked for, but the file has {dims[3]} channels "
+                        f"(shape {shown}; channels are numbered from 0)")
+    return tuple(int(d) for d in dims[:3])
+
+
+def _shape_of(path: Path, shape: tuple[int, ...], channel: int | None) -> tuple[int, int, int]:
+    return _spatial_shape(path, shape) if channel is None else _channel_shape(path, shape, channel)
+
+
 def _check_affine(path: Path, affine: np.ndarray) -> np.ndarray:
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
@@ -196,15 +288,17 @@ def _check_affine(path: Path, affine: np.ndarray) -> np.ndarray:
 
 
 def read_header_only(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarray, tuple[float, float, float]]:
-    """Cheap check of a NIfTI file without reading its voxels.
+    """Cheap check of a NIfTI file (or :class:`Channel` of a 4-D file) without reading its voxels.
 
     Returns ``(shape, affine, zooms)``: the 3-D shape (trailing singleton dimensions dropped), the
     4x4 affine and the header's three spatial voxel sizes. Raises :class:`DataError` when the file
-    is missing, not NIfTI, not 3-D or has a non-invertible affine. A file truncated in its voxel
-    data passes this check; :func:`load_volume` catches that.
+    is missing, not NIfTI, not 3-D (for a :class:`Channel`: not 4-D or without that channel) or
+    has a non-invertible affine. A file truncated in its voxel data passes this check;
+    :func:`load_volume` catches that.
     """
+    channel = path.index if isinstance(path, Channel) else None
     path, img = _open_nifti(path)
-    shape, affine = _spatial_shape(path, img.shape), _check_affine(path, img.affine)
+    shape, affine = _shape_of(path, img.shape, channel), _check_affine(path, img.affine)
     return shape, affine, tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
@@ -264,7 +358,8 @@ def load_volume(
     """Read a 3-D NIfTI volume onto the working grid.
 
     Args:
-        path: a ``.nii`` or ``.nii.gz`` file.
+        path: a ``.nii`` or ``.nii.gz`` file, or a :class:`Channel` of a 4-D one (read like a 3-D
+            file; the geometry's ``path`` is the file, ``channel`` the index).
         axcodes: target axis codes, e.g. ``("R", "A", "S")``; ``None`` keeps the file's axes.
         pixdim: target voxel size (3 values, header units); ``None`` keeps the file's voxel size.
             Resampling happens only when some axis differs by more than 1e-3 relative (see the
@@ -279,24 +374,27 @@ def load_volume(
         ``(array, geometry)``: the array on the working grid (3-D) and what is needed to undo it.
 
     Raises:
-        DataError: missing / unreadable / truncated file, not 3-D, RGB or complex voxels,
+        DataError: missing / unreadable / truncated file, not 3-D (a :class:`Channel`: not 4-D
+            or no such channel), RGB or complex voxels,
             non-finite voxels under ``nan_policy="error"``, non-invertible affine, a resampled
             grid of more than 1024^3 voxels (a wrong voxel size in the header).
     """
     if nan_policy not in ("error", "zero"):
         raise ValueError(f"nan_policy must be 'error' or 'zero', got {nan_policy!r}")
     order = _check_order(interp_order)
-    path, img = _read_nifti(path)
-    shape = _spatial_shape(path, img.shape)
+    channel = path.index if isinstance(path, Channel) else None
+    path, img = _read_nifti(path, cached=channel is not None)
+    where = path if channel is None else Channel(path, channel)  # names the volume in messages
+    shape = _shape_of(path, img.shape, channel)
     affine = _check_affine(path, img.affine)
     try:
-        data = np.asanyarray(img.dataobj)
+        data = np.asanyarray(img.dataobj if channel is None else img.dataobj[:, :, :, channel])
     except _READ_ERRORS as exc:
-        raise DataError(f"{path}: cannot read the voxel data (truncated or corrupt file?): {_one_line(exc)}") from exc
+        raise DataError(f"{where}: cannot read the voxel data (truncated or corrupt file?): {_one_line(exc)}") from exc
     data = np.asarray(data).reshape(shape)
     if data.dtype.fields is not None or not (np.issubdtype(data.dtype, np.integer)
                                              or np.issubdtype(data.dtype, np.floating) or data.dtype == np.bool_):
-        raise DataError(f"{path}: voxels of type {data.dtype} (NIfTI datatype {int(img.header['datatype'])}); "
+        raise DataError(f"{where}: voxels of type {data.dtype} (NIfTI datatype {int(img.header['datatype'])}); "
                         "expected a grey-level image of real numbers (not RGB or complex)")
 
     if np.issubdtype(data.dtype, np.inexact):
@@ -304,9 +402,9 @@ def load_volume(
         n_bad = int(np.count_nonzero(bad))
         if n_bad:
             if nan_policy == "error":
-                raise DataError(f"{path}: contains {n_bad} non-finite voxels (NaN/Inf); "
+                raise DataError(f"{where}: contains {n_bad} non-finite voxels (NaN/Inf); "
                                 "fix the file or use nan_policy='zero'")
-            logger.warning("%s: replaced %d non-finite voxels (NaN/Inf) with 0", path, n_bad)
+            logger.warning("%s: replaced %d non-finite voxels (NaN/Inf) with 0", where, n_bad)
             data = np.where(bad, 0, data)
     data = _cast(data, dtype)
 
@@ -335,7 +433,7 @@ def load_volume(
             new_shape = tuple(max(1, int(round(n * o / p))) for n, o, p in zip(reoriented_shape, spacing, target))
             if math.prod(new_shape) > _MAX_RESAMPLED_VOXELS:
                 raise DataError(
-                    f"{path}: resampling voxel size {tuple(round(v, 6) for v in spacing)} to pixdim {target} would "
+                    f"{where}: resampling voxel size {tuple(round(v, 6) for v in spacing)} to pixdim {target} would "
                     f"make a grid of {new_shape} voxels (more than {_MAX_RESAMPLED_VOXELS}); check the file's "
                     f"voxel size (header pixdim / affine) and the configured pixdim")
             s, t = _resample_map(reoriented_shape, new_shape, spacing, target)
@@ -343,15 +441,19 @@ def load_volume(
             working_affine = reoriented_affine @ nib.affines.from_matvec(np.diag(s), t)
             spacing = target
             resampled = True
-            logger.debug("%s: resampled %s -> %s voxels", path, reoriented_shape, new_shape)
+            logger.debug("%s: resampled %s -> %s voxels", where, reoriented_shape, new_shape)
 
     original_affine, working_affine = affine.copy(), np.array(working_affine, dtype=np.float64)
     for arr in (original_affine, ornt, working_affine):
         arr.setflags(write=False)
+    header = img.header.copy()
+    if channel is not None:  # the geometry of one 3-D channel: outputs are 3-D files
+        header.set_data_shape(shape)
+        header.set_intent("none")
     geom = VolumeGeometry(path=str(path), original_shape=shape, original_affine=original_affine,
-                          header=img.header.copy(), orientation=ornt, working_spacing=spacing,
+                          header=header, orientation=ornt, working_spacing=spacing,
                           working_shape=tuple(int(v) for v in data.shape[:3]), working_affine=working_affine,
-                          resampled=resampled)
+                          resampled=resampled, channel=channel)
     return np.ascontiguousarray(data), geom
 
 
