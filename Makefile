@@ -23,10 +23,11 @@ demo: $(STAMP)
 	$(BIN)/uhved_tf inference -c config/demo.ini --modalities T1c,Flair --overwrite
 	$(BIN)/uhved_tf evaluate -c config/demo.ini --subsets "full;singles"
 
-# Two pytest workers (the CI box has 2 cores); a file's tests stay on one worker (module fixtures).
+# Two pytest workers (the CI box has 2 cores); a file's tests stay on one worker (module fixtures);
+# files start longest first (tests/conftest.py: LONGEST_FILES), not reordered by test count.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -x -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -x -q -n 2 --dist loadfile --no-loadscope-reorder
 
 docs: $(STAMP)
 	$(BIN)/python -c "from uhved_tf.config import key_reference_markdown as k; print(k())" > docs/configuration.md

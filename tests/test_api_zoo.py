@@ -102,11 +102,11 @@ def test_cli_inference_with_model_dir_matches_the_api(trained, predictor, tmp_pa
 
 def test_model_errors_are_one_line(trained, tmp_path):
     root, cfg, moved, case, _ = trained
-    proc = run_cli("inference", "--model", tmp_path / "nothing", "--t1c", _files(case)["t1c"], check=False)
+    proc = run_cli_here("inference", "--model", tmp_path / "nothing", "--t1c", _files(case)["t1c"], check=False)
     assert proc.returncode == 2 and "no such model directory" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("inference", "--model", moved, "-c", cfg, check=False)
+    proc = run_cli_here("inference", "--model", moved, "-c", cfg, check=False)
     assert proc.returncode == 2 and "not both" in proc.stderr
-    proc = run_cli("inference", "--model", tmp_path, check=False)
+    proc = run_cli_here("inference", "--model", tmp_path, check=False)
     assert proc.returncode == 2 and "not a trained model directory" in proc.stderr
 
 

@@ -72,7 +72,7 @@ def test_all_subsets_resume_skips_finished_runs_and_refuses_without_it(trained):
 def test_evaluate_picks_the_model_of_each_subset(trained):
     (root, cfg, _), _ = trained
     out = root / "eval_single"
-    run_cli("evaluate", "-c", cfg, "-q", "--subsets", SUBSETS, "-o", out)
+    run_cli_here("evaluate", "-c", cfg, "-q", "--subsets", SUBSETS, "-o", out)
     rows = list(csv.DictReader(open(out / "per_case.csv")))
     assert [r["subset"] for r in rows] == NAMES * (len(rows) // 3) and rows
     assert (out / "table.md").exists()

@@ -127,7 +127,7 @@ def evaluated(trained, tmp_path_factory):
     tests (merged: each used to run its own evaluation of the same model)."""
     root, cfg, _ = trained
     ev = tmp_path_factory.mktemp("evaluated") / "ev"
-    proc = run_cli("evaluate", "-c", cfg, "--subsets", "full;T1c,Flair", "-o", ev, "-q", "--figure",
+    proc = run_cli_here("evaluate", "-c", cfg, "--subsets", "full;T1c,Flair", "-o", ev, "-q", "--figure",
                    "--checkpoint", "1")
     return ev, proc
 
@@ -157,7 +157,7 @@ def test_inference_of_several_subsets_writes_one_folder_each(trained, tmp_path):
              (("t1", "_t1"), ("t1c", "_t1ce"), ("t2", "_t2"), ("flair", "_flair"))}
     flags = [a for m, f in files.items() for a in (f"--{m}", f)]
     sid = t1c.name[: -len("_t1ce.nii.gz")]
-    run_cli("inference", "-c", cfg, *flags, "--modalities", "all", "-o", tmp_path / "all", "-q")
+    run_cli_here("inference", "-c", cfg, *flags, "--modalities", "all", "-o", tmp_path / "all", "-q")
     folders = sorted(p.name for p in (tmp_path / "all").iterdir())
     assert len(folders) == 15 and "T1c+Flair" in folders and "T1+T1c+T2+Flair" in folders
     assert all((tmp_path / "all" / f / f"{sid}_seg.nii.gz").exists() for f in folders)

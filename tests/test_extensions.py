@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import FAST_INI, run_cli, run_cli_here
+from tests.helpers import FAST_INI, run_cli_here
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_extension_network_trains_and_segments(name, tmp_path):
     cfg = tmp_path / "ext.ini"
     text = FAST_INI.format(data=data, model=tmp_path / "model").replace("name = u_hved", f"name = {name}")
     cfg.write_text(text.replace("exclude_fraction_for_inference = 0.25", "exclude_fraction_for_inference = 0.5"))
-    run_cli("train", "-c", cfg, "-q", cwd=REPO)
+    run_cli_here("train", "-c", cfg, "-q", cwd=REPO)
     assert (tmp_path / "model" / "checkpoints" / "ckpt-2.index").exists()
     run_cli_here("inference", "-c", cfg, "-q", "--modalities", "T1c,Flair", "-o", tmp_path / "out", cwd=REPO)
     assert len(list((tmp_path / "out").glob("*_seg.nii.gz"))) == 1

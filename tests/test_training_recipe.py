@@ -169,7 +169,7 @@ def test_original_uhved_config_trains_with_only_paths_changed(tmp_path):
     t1 = next(data.glob("*_T1.nii.gz"))
     failed = run_cli_here("inference", "-c", cfg, "--t1", t1, "-o", out, *net, check=False)
     assert failed.returncode == 2 and "inference_iter = -1" in failed.stderr   # the original asks for 60000
-    proc = run_cli("inference", "-c", cfg, "--t1", t1, "-o", out, "--samples", "1", "--inference_iter=-1", *net)
+    proc = run_cli_here("inference", "-c", cfg, "--t1", t1, "-o", out, "--samples", "1", "--inference_iter=-1", *net)
     assert "using 144, 144, 144" in proc.stderr
     seg = nib.load(str(out / f"{t1.name[:-len('_T1.nii.gz')]}_seg.nii.gz"))
     assert seg.shape == nib.load(str(t1)).shape
