@@ -20,5 +20,5 @@ setup(
     packages=find_packages(include=["uhved_tf", "uhved_tf.*", "extensions", "extensions.*"]),
     install_requires=requirements,
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "ruff>=0.6"]},
-    entry_points={"console_scripts": ["uhved_tf=uhved_tf.cli:main"]},
+    entry_points={"console_scripts": ["uhved_tf=uhved_tf.cli:run"]},
 )

@@ -1,5 +1,3 @@
-import sys
+from uhved_tf.cli import run
 
-from uhved_tf.cli import main
-
-sys.exit(main())
+run()

@@ -372,5 +372,24 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
 
 
+def exit_with(code: int) -> None:
+    """Exit with ``code``. After an error, once TensorFlow is loaded, the process ends at once
+    (``os._exit`` after flushing the output and the logs): a background thread of the input
+    pipeline (tf.data prefetch, a reader blocked on a damaged file) must not keep a process that
+    has printed its one-line error alive. Everything the command wrote is already closed."""
+    if code and "tensorflow" in sys.modules:
+        import logging
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def run() -> None:
+    """The ``uhved_tf`` console script."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
