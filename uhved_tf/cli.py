@@ -312,7 +312,8 @@ def _cmd_zoo(args, cfg) -> int:
         return 0
     for folder in entries:
         info = describe(folder)
-        print(f"{info['name']:<16} {info['network']:<8} {'+'.join(info['modalities']):<18} {info['summary']}")
+        print(f"{info['name']:<16} {info['network']:<8} {'+'.join(info['modalities']):<18} "
+              f"{info['convention']:<10} {info['summary']}")
     print(f"(in {ZOO_DIR}; use one with `uhved_tf inference --model NAME --t1c A.nii.gz ... -o OUT`)")
     return 0
 

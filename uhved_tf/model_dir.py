@@ -72,7 +72,6 @@ class ModelDir:
     metadata = property(lambda self: self.root / self.METADATA)
     checkpoints = property(lambda self: self.root / self.ROLLING)
     best_checkpoints = property(lambda self: self.root / self.BEST)
-    logs = property(lambda self: self.root / self.LOGS)
     train_logs = property(lambda self: self.root / self.LOGS / "train")
     metrics_csv = property(lambda self: self.root / self.METRICS)
     validation_csv = property(lambda self: self.root / self.VALIDATION)

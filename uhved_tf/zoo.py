@@ -76,12 +76,15 @@ def config_for_model_dir(name_or_path: str | Path, overrides: Sequence[str] = ()
 
 
 def describe(folder: Path) -> dict:
-    """Name, network, modalities and the model card's first line of a model directory."""
-    info = {"name": folder.name, "path": str(folder), "network": "?", "modalities": [], "summary": ""}
+    """Name, network, modalities, label convention and the model card's first line of a model directory."""
+    info = {"name": folder.name, "path": str(folder), "network": "?", "modalities": [], "convention": "?",
+            "summary": ""}
     try:
         meta = ModelDir(folder).read_metadata() or {}
         info["network"] = meta.get("network", "?")
         info["modalities"] = meta.get("modalities", [])
+        # (models written before conventions were stored were all BraTS 2018-2021 labelled)
+        info["convention"] = meta.get("convention", {}).get("name", "brats2018")
     except UhvedError:
         pass
     card = ModelDir(folder) / ModelDir.MODEL_CARD
