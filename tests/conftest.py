@@ -30,7 +30,8 @@ LONGEST_FILES = (
     "tests/test_training_recipe.py", "tests/test_table1_cli.py", "tests/reliability/test_kill_resume.py",
     "tests/export/test_export.py", "tests/test_end_to_end.py", "tests/test_performance_benchmark.py",
     "tests/test_zoo_golden.py", "tests/test_dataset_layouts.py", "tests/test_brats2023.py",
-    "tests/inference/test_predictor.py", "tests/test_extensions.py", "tests/training/test_distributed.py",
+    "tests/reliability/test_training_safety.py", "tests/inference/test_predictor.py", "tests/test_extensions.py",
+    "tests/training/test_distributed.py", "tests/reliability/test_input_safety.py", "tests/training/test_resume.py",
     "tests/reliability/test_bad_inputs.py", "tests/reliability/test_soak.py", "tests/test_baselines_cli.py",
     "tests/reliability/test_write_faults.py", "tests/model/test_baselines.py", "tests/test_api_zoo.py",
 )

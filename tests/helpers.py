@@ -255,3 +255,46 @@ def layout_ini(data, model, convention: str, base: str = FAST_INI) -> str:
     text = "\n".join(lines) + "\n"
     return ini_with(text, {"MULTIMODAL": {"label_values": "0, 1, 2, 3"}}).replace(
         "[MULTIMODAL]", f"[DATASET]\npath = {data}\nconvention = {convention}\n[MULTIMODAL]")
+
+
+def write_tiny_subject(folder, sid: str, rng, missing=()) -> None:
+    """A 16^3 subject (a brain sphere, a small tumour) in BraTS 2018 naming (``<id>_t1.nii.gz``,
+    ``_t1ce``, ``_t2``, ``_flair``, ``_seg``: what TINY_INI finds), without the ``missing``
+    modalities (``("T2",)``: an incomplete subject)."""
+    import nibabel as nib
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    z, y, x = np.mgrid[:16, :16, :16]
+    brain = (z - 8) ** 2 + (y - 8) ** 2 + (x - 8) ** 2 < 36
+    label = np.zeros((16, 16, 16), np.uint8)
+    label[6:10, 6:10, 6:10] = 2
+    label[7:9, 7:9, 7:9] = 4
+    for m, suffix in zip(("T1", "T1c", "T2", "Flair"), BRATS2018_SUFFIXES):
+        if m not in missing:
+            img = np.where(brain, rng.uniform(1, 2, brain.shape), 0).astype(np.float32)
+            nib.save(nib.Nifti1Image(img, np.eye(4)), str(folder / f"{sid}_{suffix}.nii.gz"))
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(folder / f"{sid}_seg.nii.gz"))
+
+
+def nifti_declaring(path, shape, nifti2: bool = False, dtype="int16"):
+    """A small valid NIfTI file (4x4x4 voxels, identity affine) whose header then declares
+    ``shape`` (up to 7 dimensions): a damaged header over far too few bytes, e.g. 32767^3 voxels
+    or a NIfTI-2 of 10^63. ``.nii.gz`` (gzipped) or ``.nii`` by the name of ``path``."""
+    import gzip
+    import struct
+    from pathlib import Path
+
+    import nibabel as nib
+    import numpy as np
+
+    image_class = nib.Nifti2Image if nifti2 else nib.Nifti1Image
+    raw = bytearray(image_class(np.zeros((4, 4, 4), dtype), np.eye(4)).to_bytes())
+    dims = [len(shape), *shape] + [1] * (7 - len(shape))
+    if nifti2:
+        struct.pack_into("=8q", raw, 16, *dims)     # NIfTI-2: dim[8] int64 at byte 16
+    else:
+        struct.pack_into("=8h", raw, 40, *dims)     # NIfTI-1: dim[8] int16 at byte 40
+    path = Path(path)
+    path.write_bytes(gzip.compress(bytes(raw)) if path.name.endswith(".gz") else bytes(raw))
+    return path

@@ -22,6 +22,7 @@ from uhved_tf.convention import Convention
 from uhved_tf.convention import from_config as convention_from_config
 from uhved_tf.errors import ConfigError, DataError, UhvedError
 from uhved_tf.inference.case import CasePredictor, Outputs
+from uhved_tf.io.atomic import check_folder
 from uhved_tf.io.discovery import InputSpec, find_subjects, load_or_create_split, subjects_in
 from uhved_tf.io.layouts import LAYOUTS, find_cases, nnunet_convention, output_name, prediction_id, read_dataset_json
 from uhved_tf.model_dir import ModelDir
@@ -85,8 +86,11 @@ class Application:
         return specs
 
     def discover(self, need_label: bool):
+        """The subjects with every file this command needs; those found without one are left out
+        with a warning and kept in ``self.incomplete`` (id -> sections), for :meth:`split`'s message."""
         cfg = self.cfg
         label = cfg.label_section
+        self.incomplete: dict[str, list[str]] = {}
         if cfg.training.allow_missing_modalities or not need_label:
             required = [label] if (need_label and label) else []
             optional = list(cfg.modalities) + ([label] if (label and not need_label) else [])
@@ -96,7 +100,7 @@ class Application:
         if cfg.dataset.path:
             return self._dataset_subjects(required, optional)
         specs = [s for s in self.input_specs() if s.name in set(required) | set(optional)]
-        return find_subjects(specs, required=required, optional=optional)
+        return find_subjects(specs, required=required, optional=optional, incomplete=self.incomplete)
 
     def _dataset_subjects(self, required, optional):
         """The subjects of ``[DATASET] path`` (its convention's layout) with every required section."""
@@ -106,6 +110,8 @@ class Application:
         subjects = [s for s in cases.subjects if all(n in s.files for n in required)
                     and any(m in s.files for m in self.cfg.modalities)]
         dropped = [s.id for s in cases.subjects if s not in subjects and s.id not in cases.test_ids]
+        self.incomplete = {s.id: [n for n in required if n not in s.files] or list(self.cfg.modalities)
+                           for s in cases.subjects if s.id in dropped}
         if dropped:   # (the unlabelled imagesTs/ cases are expected to lack the label)
             log.warning("%d of the %d cases of %s lack a file this command needs (%s) and are not used: %s",
                         len(dropped), len(cases.subjects), d.path, ", ".join(required), ", ".join(dropped[:5]))
@@ -117,10 +123,15 @@ class Application:
     def split(self, subjects) -> dict[str, str]:
         """``{id: phase}``: the model directory's split file (drawn when missing; the fold's with
         ``[DATASET] fold``); a dataset's unlabelled test cases (imagesTs) are always Inference."""
-        t = self.cfg.training
-        split = load_or_create_split([s.id for s in subjects if s.id not in self.test_ids], self.model_dir.split,
+        t, md = self.cfg.training, self.model_dir
+        check_folder(md.root, "[SYSTEM] model_dir")
+        found = {s.id for s in subjects}
+        incomplete = {i: v for i, v in getattr(self, "incomplete", {}).items() if i not in found}
+        trained = md.has_model() or (md.root.is_dir() and any(md.root.glob(f"*/{md.METADATA}")))  # (--all-subsets)
+        split = load_or_create_split([s.id for s in subjects if s.id not in self.test_ids], md.split,
                                      t.exclude_fraction_for_validation, t.exclude_fraction_for_inference,
-                                     self.cfg.system.seed, fold=self.cfg.dataset.fold)
+                                     self.cfg.system.seed, fold=self.cfg.dataset.fold, incomplete=incomplete,
+                                     trained_model=md.root if trained else None)
         return {**split, **{s.id: "Inference" for s in subjects if s.id in self.test_ids}}
 
     def load_case(self, subject, settings: PreprocessSettings | None = None, with_label=True) -> Case:
@@ -224,9 +235,14 @@ class Application:
     # --- training ----------------------------------------------------------------------------
     def start_iteration(self, resume: bool, overwrite: bool) -> int | None:
         """The iteration training starts from (None: nothing left to train); with ``overwrite``
-        an existing training is forgotten first. Refuses to continue or clobber silently."""
+        an existing training is forgotten first. Refuses to continue or clobber silently.
+
+        ``resume`` (or ``starting_iter = -1``) starts from the newest checkpoint file; the restore
+        may still fall back to an older one (:meth:`restore`). Starting from 0 in a model_dir whose
+        ``metrics.csv`` has rows but no checkpoint is refused too: it would overwrite them."""
         cfg, md = self.cfg, self.model_dir
-        latest = md.latest_iteration()
+        have = md.saved_iterations()
+        latest = have[-1] if have else None
         start = cfg.training.starting_iter
         if start == -1 or resume:
             start = latest or 0
@@ -237,10 +253,21 @@ class Application:
                     f"(or set [TRAINING] starting_iter = -1), or --overwrite to start again and delete them")
             md.clear_training()
             latest = None
+        if start == 0 and latest is None and (logged := md.last_logged_iteration()) is not None:
+            if not overwrite:
+                raise UhvedError(
+                    f"{md.metrics_csv} logs iterations up to {logged} but {md} has no checkpoint"
+                    f"{' to resume from' if resume else ''} (its run stopped before saving one); pass --overwrite "
+                    "to start again and delete that log")
+            md.clear_training()
         if start > 0:
             self.check_metadata()
         if start > 0 and latest is None:
             raise UhvedError(f"[TRAINING] starting_iter = {start} but {md} has no checkpoint")
+        if start > 0 and start not in have:
+            raise UhvedError(f"[TRAINING] starting_iter = {start}: no checkpoint of iteration {start} in "
+                             f"{md.checkpoints}; checkpoints present: {', '.join(map(str, have))} "
+                             "(starting_iter = -1 or --resume: the newest)")
         if start >= cfg.training.max_iter:
             log.info("already at iteration %d >= max_iter %d: nothing to train", start, cfg.training.max_iter)
             return None
@@ -249,67 +276,100 @@ class Application:
     def train(self, resume: bool = False, overwrite: bool = False, progress: bool = True,
               on_iteration=None) -> dict:
         """Train to ``max_iter`` (see the CLI's ``train``); ``on_iteration(iteration, losses)`` is
-        called after every step (benchmarks/soak.py samples memory with it)."""
+        called after every step (benchmarks/soak.py samples memory with it).
+
+        Under ``MultiWorkerMirroredStrategy`` only the chief writes model_dir (config, metadata,
+        split, landmarks, checkpoints, logs); the other workers read what is there, and compute
+        what is not yet (the split, the landmarks: the same on every worker) into a temporary folder."""
+        import tempfile
+        from dataclasses import replace
+
         import keras
         import tensorflow as tf
-        from uhved_tf.training.trainer import TrainSettings, Trainer, default_callbacks
+        from uhved_tf.training.trainer import TrainSettings, Trainer, default_callbacks, is_chief
 
-        cfg, md = self.cfg, self.model_dir
-        start = self.start_iteration(resume, overwrite)
+        cfg = self.cfg
+        # The strategy first: it says whether this process is the chief. (It is also what
+        # MultiWorkerMirroredStrategy wants: to be created before other TensorFlow work.)
+        strategy = make_strategy(cfg.system.distribution_strategy)
+        chief = is_chief(strategy)
+        # A non-chief worker never deletes: with --overwrite the chief forgets the old training.
+        start = self.start_iteration(resume, overwrite) if chief or not overwrite else 0
         if start is None:
             return {}
-        subjects = self.discover(need_label=True)
-        split = self.split(subjects)
-        train_ids = set(subjects_in(split, "Training"))
-        train_subjects = [s for s in subjects if s.id in train_ids]
-        if not train_subjects:
-            raise DataError(f"no training subjects in {md.split}")
-        log.info("%d training subjects, %d validation, %d inference", len(train_subjects),
-                 len(subjects_in(split, "Validation")), len(subjects_in(split, "Inference")))
-        md.root.mkdir(parents=True, exist_ok=True)
-        cfg.write_resolved(md.root)
-        if cfg.network.normalisation and not md.histogram.exists():
-            from uhved_tf.data.histogram import train_landmarks_for_subjects
-            train_landmarks_for_subjects(train_subjects, cfg.modality_inputs, cfg.network, md.histogram)
-        md.write_metadata(self.metadata())
-
-        # Initial weights from [SYSTEM] seed (everything later uses explicit stateless seeds).
-        keras.utils.set_random_seed(cfg.system.seed)
-        strategy = make_strategy(cfg.system.distribution_strategy)
-        with strategy.scope():
-            model = self.build_model()
-        settings = TrainSettings.from_config(cfg)
-        trainer = Trainer(model, settings, md, strategy)
-        if start > 0:
-            start = self.restore(trainer, start)
-        dataset = self.build_dataset(train_subjects, start_iteration=start)
-        validator, early = self.build_validator(subjects, split, model)
-        callbacks = default_callbacks(settings, md, progress=progress, validator=validator,
-                                      validation_every_n=cfg.training.validation_every_n, early_stopping=early,
-                                      on_iteration=on_iteration)
-        t0 = time.perf_counter()
+        shared = self.model_dir
+        scratch = None if chief else tempfile.TemporaryDirectory(prefix="uhved_tf-worker-")
         try:
-            terms = trainer.fit(dataset, start_iteration=start, callbacks=callbacks)
-        except tf.errors.OpError:
-            if self.pipeline_error is not None:   # a bad training file, read by the tf.data pipeline
-                raise self.pipeline_error from None
-            raise
-        log.info("trained iterations %d..%d in %.1f s", start, cfg.training.max_iter, time.perf_counter() - t0)
-        return terms
+            if scratch is not None:
+                own = {"split_file": Path(scratch.name) / shared.SPLIT} if not shared.split.is_file() else {}
+                if cfg.network.normalisation and not shared.histogram.is_file():
+                    own["histogram_file"] = Path(scratch.name) / shared.HISTOGRAM
+                self.model_dir = replace(shared, **own)
+            md = self.model_dir
+            subjects = self.discover(need_label=True)
+            split = self.split(subjects)
+            train_ids = set(subjects_in(split, "Training"))
+            train_subjects = [s for s in subjects if s.id in train_ids]
+            if not train_subjects:
+                raise DataError(f"no training subjects in {md.split}")
+            log.info("%d training subjects, %d validation, %d inference", len(train_subjects),
+                     len(subjects_in(split, "Validation")), len(subjects_in(split, "Inference")))
+            if cfg.network.normalisation and not md.histogram.exists():
+                from uhved_tf.data.histogram import train_landmarks_for_subjects
+                train_landmarks_for_subjects(train_subjects, cfg.modality_inputs, cfg.network, md.histogram)
 
-    def restore(self, trainer, start: int) -> int:
-        import tensorflow as tf
+            # Initial weights from [SYSTEM] seed (everything later uses explicit stateless seeds).
+            keras.utils.set_random_seed(cfg.system.seed)
+            with strategy.scope():
+                model = self.build_model()
+            settings = TrainSettings.from_config(cfg)
+            trainer = Trainer(model, settings, md, strategy)
+            if start > 0:
+                start = self.restore(trainer, start, newest=resume or cfg.training.starting_iter == -1)
+            if chief:   # (after the restore: a run that cannot resume leaves the model_dir as it was)
+                md.root.mkdir(parents=True, exist_ok=True)
+                cfg.write_resolved(md.root)
+                md.write_metadata(self.metadata())
+            dataset = self.build_dataset(train_subjects, start_iteration=start)
+            validator, early = self.build_validator(subjects, split, model)
+            callbacks = default_callbacks(settings, md, progress=progress, validator=validator,
+                                          validation_every_n=cfg.training.validation_every_n, early_stopping=early,
+                                          on_iteration=on_iteration)
+            t0 = time.perf_counter()
+            try:
+                terms = trainer.fit(dataset, start_iteration=start, callbacks=callbacks)
+            except tf.errors.OpError:
+                if self.pipeline_error is not None:   # a bad training file, read by the tf.data pipeline
+                    raise self.pipeline_error from None
+                raise
+            log.info("trained iterations %d..%d in %.1f s", start, cfg.training.max_iter, time.perf_counter() - t0)
+            return terms
+        finally:
+            if scratch is not None:
+                self.model_dir = shared
+                scratch.cleanup()
+
+    def restore(self, trainer, start: int, newest: bool = True) -> int:
+        """Restore ``trainer`` for a run from iteration ``start``: the newest checkpoint that
+        restores (``newest``; ``start`` is the newest file) or exactly ``start`` (``starting_iter =
+        N``). Returns the iteration restored. A checkpoint that does not restore is one line naming
+        its damaged file (checksums are verified on read) or saying it is another network's."""
+        from uhved_tf.training.checkpoint import UnrestorableCheckpoint
+
         try:
-            return trainer.restore(start if start != self.model_dir.latest_iteration() else None)
-        except (ValueError, AssertionError, tf.errors.OpError) as exc:
-            # Checksums are verified on read: a damaged file (or another network) lands here.
+            return trainer.restore(None if newest else start)
+        except UnrestorableCheckpoint as exc:
             have = self.model_dir.saved_iterations()
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UhvedError(
-                f"{self.model_dir.checkpoint_path(start)}: cannot restore the checkpoint, it is damaged or does not "
-                f"fit this network ({reason}); checkpoints present: {', '.join(map(str, have)) or 'none'}; "
-                f"resume from another with [TRAINING] starting_iter = N, or start again with --overwrite"
-            ) from None
+            older = " and no older checkpoint restores" if newest and len(have) > 1 else ""
+            if exc.damage is None:
+                fix = "train with the config this model was trained with, or start again with --overwrite"
+            elif newest:
+                fix = "restore the file from a backup, or start again with --overwrite"
+            else:
+                fix = ("restore the file from a backup, resume from another with [TRAINING] starting_iter = N "
+                       "(or --resume: the newest that restores), or start again with --overwrite")
+            raise UhvedError(f"{exc.describe()}{older}; checkpoints present: {', '.join(map(str, have)) or 'none'}; "
+                             f"{fix}") from None
 
     def build_validator(self, subjects, split, model):
         """The validation hook (None when ``validation_every_n <= 0`` or there is no validation split)."""
@@ -332,13 +392,19 @@ class Application:
                  ", ".join(s.name for s in subsets))
         settings = self.preprocess_settings()
         cases = [self.load_case(s, settings) for s in chosen]
-        return (Validator(cases, subsets, self.predictor(model), self.cfg.modalities, self.convention),
-                EarlyStopping(t.patience, t.early_stopping_mode))
+        validator = Validator(cases, subsets, self.predictor(model), self.cfg.modalities, self.convention)
+        if not validator.scored:
+            # Incomplete subjects (allow_missing_modalities): none has every modality of any subset.
+            present = [m for i, m in enumerate(self.cfg.modalities) if any(c.data_mask[i] for c in validator.cases)]
+            log.warning("[TRAINING] validation_subsets = %s: none of the %d validation subjects has every modality "
+                        "of any of these subsets: not validating (choose subsets of the modalities they have: %s)",
+                        t.validation_subsets, len(validator.cases), ", ".join(present) or "none")
+            return None, None
+        return validator, EarlyStopping(t.patience, t.early_stopping_mode)
 
     # --- inference ---------------------------------------------------------------------------
     def load_trained_model(self):
-        import tensorflow as tf
-        from uhved_tf.training.checkpoint import restore_model
+        from uhved_tf.training.checkpoint import UnrestorableCheckpoint, restore_model
 
         md = self.model_dir
         if self.check_metadata() is None:
@@ -354,10 +420,12 @@ class Application:
                                  "latest") from None
             raise UhvedError(f"[INFERENCE] checkpoint = {which}: {exc}") from None
         try:
-            restore_model(model, path)
-        except (ValueError, AssertionError, tf.errors.OpError) as exc:
-            raise UhvedError(f"{path}: checkpoint is damaged or does not fit this network "
-                             f"({str(exc).splitlines()[0]})") from None
+            restore_model(model, path, iteration)
+        except UnrestorableCheckpoint as exc:   # (checksums are verified on read)
+            have = ", ".join(map(str, md.saved_iterations())) or "none"
+            fix = ("restore the file from a backup, or choose another with [INFERENCE] checkpoint = N (or best)"
+                   if exc.damage else "use the config this model was trained with")
+            raise UhvedError(f"{exc.describe()}; checkpoints present: {have}; {fix}") from None
         self.loaded_checkpoint = {"checkpoint": which, "iteration": iteration, "path": path}
         log.info("loaded %s (checkpoint = %s, iteration %d)", path, which, iteration)
         return model
@@ -445,10 +513,13 @@ class Application:
             for subject in chosen:
                 yield subject, self.load_case(subject, settings, with_label=False), subject.files[cfg.label_section]
 
-        def predict(case) -> dict:
+        def predict(case, wanted) -> dict:
+            """``{subset: result}`` for the subsets in ``wanted`` (those the case has every modality of)."""
             by_subset = {}
             for predictor, group, _ in groups:
-                by_subset.update(zip(group, predictor(case, group)))
+                mine = [s for s in group if s in wanted]
+                if mine:
+                    by_subset.update(zip(mine, predictor(case, mine)))
             return by_subset
 
         ev = Evaluation.from_config(cfg, subsets, self.convention)

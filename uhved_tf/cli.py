@@ -6,7 +6,8 @@ CPU where TensorFlow leaves it off. It also quiets TensorFlow's C++ start-up log
 ``TF_CPP_MIN_LOG_LEVEL`` is set. Importing :mod:`uhved_tf` itself changes nothing.
 
 User errors (:class:`uhved_tf.errors.UhvedError`) print one line and exit 2; Ctrl-C exits 130
-after training saved a checkpoint.
+after training saved a checkpoint. Anything else is a bug: its traceback is printed and the
+process exits 1 at once (:func:`run`).
 """
 
 from __future__ import annotations
@@ -207,10 +208,13 @@ def _train_all_subsets(args, cfg) -> int:
 def _cmd_inference(args, cfg) -> int:
     from uhved_tf.application import Application
     from uhved_tf.errors import UhvedError
+    from uhved_tf.io.atomic import check_folder
     from uhved_tf.io.discovery import Subject, safe_subject_id, subject_id_for_file, subjects_in
     from uhved_tf.subset import Subset, files_from_flags
 
     app = Application(cfg)
+    out_dir = _output_folder(args.output, "-o", cfg.inference.save_seg_dir, "[INFERENCE] save_seg_dir")
+    check_folder(cfg.system.model_dir, "[SYSTEM] model_dir")
     given = files_from_flags({m: getattr(args, m, None) for m in ("t1", "t1c", "t2", "flair")}, cfg.modalities)
     if args.modalities is not None:
         # Several subsets ("T1c,Flair;T2", all, singles): encoded once, each into its own folder.
@@ -219,7 +223,6 @@ def _cmd_inference(args, cfg) -> int:
         subsets = [Subset(given, cfg.modalities)]
     else:
         subsets = [Subset(cfg.inference_modalities, cfg.modalities)]
-    out_dir = Path(args.output) if args.output else Path(cfg.inference.save_seg_dir)
     if given:
         missing_flags = sorted({m for s in subsets for m in s if m not in given}, key=cfg.modalities.index)
         if missing_flags:
@@ -249,15 +252,24 @@ def _cmd_inference(args, cfg) -> int:
     return 0
 
 
+def _output_folder(given, flag: str, default, key: str) -> Path:
+    """The output folder of a command (``-o``, else the config's ``key``), refused at once when it
+    is a file (or a file is in its way), before any model work."""
+    from uhved_tf.io.atomic import check_folder
+    return check_folder(Path(given) if given else Path(default), flag if given else key)
+
+
 def _cmd_evaluate(args, cfg) -> int:
     from uhved_tf.application import Application
+    from uhved_tf.io.atomic import check_folder
     from uhved_tf.subset import Subset
+    out_dir = _output_folder(args.output, "-o", cfg.evaluation.save_csv_dir, "[EVALUATION] save_csv_dir")
     if args.compare:
-        return _compare(args, cfg)
+        return _compare(args, cfg, out_dir)
     app = Application(cfg)
     if args.predictions:
         report = app.evaluate_predictions(Path(args.predictions), phase=args.dataset.capitalize(),
-                                          out_dir=Path(args.output) if args.output else None, progress=not args.quiet)
+                                          out_dir=out_dir, progress=not args.quiet)
         regions = list(app.convention.region_map)
         v = report["summary"]["predictions"]
         print(f"{v['cases']} cases: " + ", ".join(f"Dice {r} {v[f'dice_{r}']:.3f}" for r in regions) +
@@ -265,15 +277,15 @@ def _cmd_evaluate(args, cfg) -> int:
         print(f"reports in {report['out_dir']}")
         return 0
     subsets = Subset.parse(args.subsets, cfg.modalities)
-    report = app.evaluate(subsets, phase=args.dataset.capitalize(),
-                          out_dir=Path(args.output) if args.output else None, progress=not args.quiet,
+    check_folder(cfg.system.model_dir, "[SYSTEM] model_dir")
+    report = app.evaluate(subsets, phase=args.dataset.capitalize(), out_dir=out_dir, progress=not args.quiet,
                           figure=args.figure)
     print(format_summary(report["summary"], subsets, list(app.convention.region_map)))
     print(f"reports in {report['out_dir']}")
     return 0
 
 
-def _compare(args, cfg) -> int:
+def _compare(args, cfg, out: Path) -> int:
     from uhved_tf.evaluation.compare import compare, compare_csv, compare_markdown, load_per_case
 
     dir_a, dir_b = (Path(d) for d in args.compare)
@@ -283,7 +295,6 @@ def _compare(args, cfg) -> int:
     from uhved_tf.subset import Subset
     subsets = [Subset.from_name(name, cfg.modalities) for name in order]
     table = compare_markdown(result, subsets, cfg.modalities, dir_a.name or str(dir_a), dir_b.name or str(dir_b))
-    out = Path(args.output) if args.output else Path(cfg.evaluation.save_csv_dir)
     out.mkdir(parents=True, exist_ok=True)
     compare_csv(result, out / "compare.csv")
     from uhved_tf.io.atomic import atomic_write_text
@@ -299,8 +310,9 @@ def format_summary(summary, subsets, regions) -> str:
     lines = [f"{'subset':<{width}} {'cases':>5} " + " ".join(f"{c:>{max(8, len(c))}}" for c, _, _ in cols)]
     for s in subsets:
         v = summary[s.name]
-        lines.append(f"{s.name:<{width}} {v['cases']:>5} " +
-                     " ".join(f"{v[k]:>{max(8, len(c))}{f}}" for c, k, f in cols))
+        lines.append(f"{s.name:<{width}} {v['cases']:>5} " +   # (no case had the subset's modalities: -)
+                     " ".join(f"{v[k]:>{max(8, len(c))}{f}}" if v["cases"] else f"{'-':>{max(8, len(c))}}"
+                              for c, k, f in cols))
     return "\n".join(lines)
 
 
@@ -388,8 +400,16 @@ def exit_with(code: int) -> None:
 
 
 def run() -> None:
-    """The ``uhved_tf`` console script."""
-    exit_with(main())
+    """The ``uhved_tf`` console script. An unexpected exception (a bug, or e.g. a MemoryError)
+    prints its traceback and exits 1 at once, like a user error: without this the traceback was
+    printed and the input pipeline's threads kept the process alive."""
+    try:
+        code = main()
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        code = 1
+    exit_with(code)
 
 
 if __name__ == "__main__":

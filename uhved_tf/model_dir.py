@@ -6,7 +6,10 @@
                 metadata.json              modality order, label map, network, window, preprocessing
                 dataset_split.csv          the split ([SYSTEM] dataset_split_file, default here)
                 histogram_ref_file.txt     Nyul landmarks ([NETWORK] histogram_ref_file, default here)
-                checkpoints/ckpt-N.*       rolling checkpoints (the latest is resumed)
+                checkpoints/ckpt-N.*       rolling checkpoints (the newest that restores is resumed)
+                checkpoints/set_aside/<time>/  files of checkpoints after the iteration a run resumed
+                                           from (unrestorable ones, or later ones of a starting_iter
+                                           run), moved out of the way instead of overwritten
                 checkpoints_best/best-N.*  the best validation checkpoint
                 logs/train/                TensorBoard events
                 metrics.csv                one row per iteration (the source of truth of the losses)
@@ -21,7 +24,9 @@ and the zoo read through one. No TensorFlow import here.
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -44,6 +49,7 @@ class ModelDir:
     HISTOGRAM = "histogram_ref_file.txt"
     ROLLING = "checkpoints"
     BEST = "checkpoints_best"
+    SET_ASIDE = "set_aside"
     LOGS = "logs"
     METRICS = "metrics.csv"
     VALIDATION = "validation.csv"
@@ -117,6 +123,18 @@ class ModelDir:
         missing = [n for n in (self.CONFIG, self.METADATA) if not (self.root / n).is_file()]
         return missing + ([] if self.checkpoints.is_dir() else [f"{self.ROLLING}/"])
 
+    def last_logged_iteration(self) -> int | None:
+        """The last iteration ``metrics.csv`` has a row of (None: no file or no row)."""
+        import csv
+        if not self.metrics_csv.is_file():
+            return None
+        try:
+            with open(self.metrics_csv, newline="") as f:
+                logged = [r.get("iteration") or "" for r in csv.DictReader(f)]
+        except (OSError, ValueError, csv.Error) as exc:
+            raise DataError(f"{self.metrics_csv}: unreadable ({exc})") from None
+        return max((int(i) for i in logged if i.isdigit()), default=None)
+
     # --- checkpoints -------------------------------------------------------------------------
     def saved_iterations(self, best: bool = False) -> list[int]:
         """Iterations of the rolling (or best) checkpoints, from the files (``ckpt-N.index``)."""
@@ -127,6 +145,36 @@ class ModelDir:
     def latest_iteration(self) -> int | None:
         have = self.saved_iterations()
         return have[-1] if have else None
+
+    def checkpoint_files(self, best: bool = False) -> dict[int, list[Path]]:
+        """Every file of the rolling (or best) checkpoints by iteration, complete or not:
+        ``ckpt-N.index``, ``ckpt-N.data-*`` and ``ckpt-N_temp/`` (TensorFlow's folder of a save
+        that did not finish)."""
+        folder, prefix = self.checkpoint_prefix(best)
+        pattern = re.compile(rf"{prefix}-(\d+)(\.index|\.data-\d+-of-\d+|_temp)$")
+        found: dict[int, list[Path]] = {}
+        for p in (folder.iterdir() if folder.is_dir() else ()):
+            m = pattern.match(p.name)
+            if m:
+                found.setdefault(int(m.group(1)), []).append(p)
+        return {n: sorted(found[n]) for n in sorted(found)}
+
+    def set_aside_checkpoints_after(self, iteration: int) -> tuple[list[Path], Path | None]:
+        """Move the files of every rolling checkpoint after ``iteration`` (complete or not) into
+        ``checkpoints/set_aside/<time>/``: a run that goes on from ``iteration`` writes those
+        names again and must not clobber files it did not write. Returns the files moved (their
+        old paths) and the folder they are in now (None: nothing to move)."""
+        stray = [p for n, files in self.checkpoint_files().items() if n > iteration for p in files]
+        if not stray:
+            return [], None
+        base = self.checkpoints / self.SET_ASIDE / time.strftime("%Y%m%d-%H%M%S")
+        target, k = base, 1
+        while target.exists():
+            target, k = base.with_name(f"{base.name}-{k}"), k + 1
+        target.mkdir(parents=True)
+        for p in stray:
+            p.rename(target / p.name)
+        return stray, target
 
     def checkpoint_prefix(self, best: bool = False) -> tuple[Path, str]:
         """The folder and the name prefix of the rolling (or best) checkpoints: ``<folder>/<prefix>-N``."""

@@ -113,7 +113,7 @@ def _fmt(v) -> str:
 
 
 def write_report(study, name: str, reference: str | None, title: str) -> Path:
-    from uhved_tf.evaluation.compare import compare, load_per_case
+    from uhved_tf.evaluation.compare import EXACT_MAX_N, compare, load_per_case
 
     out = study.out
     paths = {run.label: study.eval_dir(run) / "per_case.csv" for run in study.runs}
@@ -172,7 +172,8 @@ def write_report(study, name: str, reference: str | None, title: str) -> Path:
     lines.append("| " + " | ".join(["Mean"] + [""] * (len(modalities) - 1) + cells("Mean")) + " |")
     lines += ["", "Dice (%) per region: WT whole tumour, TC tumour core, ET enhancing tumour. Bold: best."
               + (f" \\* / †: significantly better / worse than {ref} (two-sided Wilcoxon signed-rank test on "
-                 f"the paired subjects, p < 0.05, no correction for multiple comparisons)." if ref else ""), ""]
+                 f"the paired subjects: exact, or the normal approximation with tied differences or more than "
+                 f"{EXACT_MAX_N} non-zero ones; p < 0.05, no correction for multiple comparisons)." if ref else ""), ""]
 
     # --- counts ------------------------------------------------------------------------------
     if ref:
@@ -217,8 +218,8 @@ def write_report(study, name: str, reference: str | None, title: str) -> Path:
     if synth:
         lines += ["## Synthesis of the missing modalities", "",
                   "Mean over the subsets where the modality is missing (the completion), in the normalised "
-                  "space the network works in; PSNR with the data range of the reference image inside the "
-                  "brain mask, per case and modality.", "",
+                  "space the network works in; PSNR and SSIM with data_range = the range (max - min) of the "
+                  "reference image inside the brain mask, per case and modality.", "",
                   "| run | " + " | ".join(f"PSNR {m} (dB) | SSIM {m}" for m in modalities) + " |",
                   "|---|" + "---|" * (2 * len(modalities))]
         for label in synth:

@@ -79,6 +79,12 @@ class Subset(tuple):
     def mask_array(self, dtype=np.float32) -> np.ndarray:
         return np.array([1 if m in self else 0 for m in self.modalities], dtype)
 
+    def available_in(self, data_mask) -> bool:
+        """True when a case has every modality of the subset (``data_mask``: 1 per modality
+        present, in channel order, as a preprocessed case holds it)."""
+        present = np.asarray(data_mask).ravel() > 0
+        return bool(np.all(present[self.mask_array() > 0]))
+
     def __repr__(self) -> str:
         return f"Subset({self.name})"
 

@@ -67,12 +67,15 @@ def model_overrides(folder: Path) -> list[str]:
 
 def config_for_model_dir(name_or_path: str | Path, overrides: Sequence[str] = (),
                          set_overrides: Sequence[str] = ()):
-    """The validated config of a model directory (zoo name or path); user overrides apply last."""
+    """The validated config of a model directory (zoo name or path); the user's overrides
+    (``--key value`` or ``--set``) replace the directory's own paths (:func:`model_overrides`)."""
     from uhved_tf.config import load_config
+    from uhved_tf.config.reading import overridden_keys
 
     folder = resolve_model(name_or_path)
-    return load_config(ModelDir(folder).config, overrides=overrides,
-                       set_overrides=[*model_overrides(folder), *set_overrides])
+    mine = overridden_keys(overrides, set_overrides)
+    defaults = [s for s in model_overrides(folder) if s.partition("=")[0] not in mine]
+    return load_config(ModelDir(folder).config, overrides=overrides, set_overrides=[*defaults, *set_overrides])
 
 
 def describe(folder: Path) -> dict:

@@ -179,6 +179,13 @@ def test_apply_is_non_decreasing_and_finite(vol, steps, start, norm_type, cutoff
     assert np.all(np.diff(out) >= 0)
 
 
+def test_subnormal_intensities_are_a_constant_volume_not_an_overflow():
+    """Hypothesis found it: knots 1e-308 apart made the slope overflow to inf and the output NaN."""
+    vol = np.array([0.0, 1.11253693e-308])
+    out = hs.apply_landmarks(vol, np.arange(13.0), (0.0, 1.0), norm_type="percentile")
+    assert np.all(np.isfinite(out)) and np.all(np.diff(out) >= 0)
+
+
 # --- reference file -------------------------------------------------------------------------------
 
 def _write(path: Path, text: str) -> Path:

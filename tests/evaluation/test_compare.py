@@ -150,3 +150,45 @@ def test_load_per_case_errors_name_the_file(tmp_path, content, match):
     with pytest.raises(DataError, match=match) as info:
         load_per_case(path)
     assert str(path) in str(info.value)
+
+
+def paired_rows(a, b, subset="T2"):
+    """Rows of two runs with the given Dice (whole tumour) per subject."""
+    def rows(values):
+        return [{"subject": f"s{i}", "subset": subset, "dice_whole": float(v)} for i, v in enumerate(values)]
+    return rows(a), rows(b)
+
+
+def test_float_noise_does_not_break_ties():
+    """Differences equal in exact arithmetic (0.1 three times...) are ties, whatever the float
+    noise of b - a: with ties the normal approximation (tie-corrected), on the clean differences."""
+    from scipy import stats
+
+    a = np.array([0.1, 0.2, 0.3, 0.7, 0.5, 0.6, 0.35, 0.45])
+    clean = np.array([0.1, 0.1, 0.2, 0.2, -0.1, 0.3, 0.1, 0.2])
+    b = a + clean
+    assert np.unique(np.abs(b - a)).size > np.unique(np.abs(clean)).size      # the noise is there
+    e = entry(compare(*paired_rows(a, b), regions=("whole",)), "T2", "whole")
+    # the signed-rank normal approximation by hand: mid-ranks of |d|, variance corrected for ties
+    n, ranks = clean.size, stats.rankdata(np.abs(clean))
+    r_plus = ranks[clean > 0].sum()
+    _, t = np.unique(np.abs(clean), return_counts=True)
+    var = n * (n + 1) * (2 * n + 1) / 24 - np.sum(t**3 - t) / 48
+    p = 2 * stats.norm.sf(abs(r_plus - n * (n + 1) / 4) / np.sqrt(var))
+    assert e["p_value"] == pytest.approx(p, rel=1e-9)
+    assert e["statistic"] == min(r_plus, ranks[clean < 0].sum())
+    assert (e["n"], e["n_nonzero"]) == (8, 8)
+
+
+def test_zero_differences_are_dropped_and_do_not_count_for_the_small_sample_flag():
+    """8 pairs, 4 of them equal (one only up to float noise): the exact test on the 4 non-zero
+    differences, flagged n_small (its smallest two-sided p is 2/2^4 = 0.125)."""
+    same = np.array([0.7, 0.3, 0.9, 0.55])
+    a = np.concatenate([same, [0.2, 0.4, 0.6, 0.8]])
+    b = np.concatenate([(same + 0.1) - 0.1, [0.25, 0.47, 0.69, 0.91]])
+    assert np.count_nonzero(b - a) == 5                                        # 0.55: float noise only
+    e = entry(compare(*paired_rows(a, b), regions=("whole",)), "T2", "whole")
+    assert e["n_small"] and e["p_value"] == pytest.approx(2 / 2**4)
+    assert (e["n"], e["n_nonzero"]) == (8, 4) and not e["significant"] and e["better"] == "B"
+    all_zero = entry(compare(*paired_rows(a, a), regions=("whole",)), "T2", "whole")
+    assert all_zero["p_value"] == 1.0 and all_zero["n_small"] and (all_zero["n"], all_zero["n_nonzero"]) == (8, 0)

@@ -19,6 +19,7 @@ import re
 import socket
 import threading
 import time
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import nibabel as nib
@@ -165,6 +166,44 @@ def _http_handler(state: StandInServing):
             self.answer(200, {"outputs": {k: v.tolist() for k, v in outputs.items()}})
 
     return Handler
+
+
+def test_a_server_that_accepts_and_never_answers_fails_after_the_timeout_with_one_line():
+    """The request fails after ``timeout`` seconds (default 120; it was 600, ten minutes of a
+    blocked client) and says what timed out: server, protocol, model, seconds, how to wait longer."""
+    from uhved_tf.errors import UhvedError
+    from uhved_tf.export.client import DEFAULT_TIMEOUT, predict
+
+    assert DEFAULT_TIMEOUT == 120
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    inputs = {"t1": np.zeros((2, 2, 2), np.float32), "modality_mask": np.ones(4, np.float32)}
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(UhvedError) as info:
+            predict(f"127.0.0.1:{port}", "uhved", inputs, version=3, timeout=0.5)
+    finally:
+        thread.join(timeout=5)
+        for conn in accepted:
+            conn.close()
+        listener.close()
+    assert accepted, "the stand-in server did not accept the connection"
+    assert time.perf_counter() - t0 < 10
+    assert str(info.value) == (f'no answer from TensorFlow Serving at 127.0.0.1:{port} (REST) for model "uhved" '
+                               f"version 3 within 0.5 s (--timeout SECONDS, default 120); raise it if the server "
+                               f"needs longer for a volume, else check that the server is up and not stuck")
+
+
+def test_the_client_timeout_is_documented_in_help_and_docs():
+    from uhved_tf.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert "(default 120 s;" in " ".join(commands["client"].format_help().split())
+    docs = " ".join((Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text().split())
+    assert "`--timeout SECONDS` (default 120) bounds each request" in docs and "default 600" not in docs
 
 
 @pytest.fixture(scope="module")

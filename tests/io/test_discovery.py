@@ -302,3 +302,55 @@ def test_split_argument_checks(tmp_path):
         load_or_create_split([], tmp_path / "a.csv", 0.1, 0.0, seed=0)
     with pytest.raises(ValueError, match="unknown phase"):
         subjects_in({"a": "Training"}, "Testing")
+
+
+# ------------------------------------------------------ subjects of a split that this command cannot use
+
+
+def test_find_subjects_reports_what_the_dropped_subjects_lack(tmp_path):
+    brats_tree(tmp_path, "HGG", ["A", "B"])
+    brats_tree(tmp_path, "HGG", ["C"], sections=("T1", "T1c", "T2", "Flair"))
+    brats_tree(tmp_path, "HGG", ["D"], sections=("T1", "label"))
+    incomplete = {}
+    subjects = find_subjects(brats_specs(tmp_path), required=[*MODALITIES, "label"], incomplete=incomplete)
+    assert [s.id for s in subjects] == ["A", "B"]
+    assert incomplete == {"C": ["label"], "D": ["T1c", "T2", "Flair"]}
+
+
+def test_split_of_subjects_missing_a_file_names_the_files_and_keeps_a_trained_models_split(tmp_path):
+    """evaluate with a label file gone used to say the split lists subjects "not found ... delete
+    it to create a new split": deleting a trained model's split re-splits its subjects."""
+    split_file = tmp_path / "model" / "dataset_split.csv"
+    split_file.parent.mkdir()
+    split_file.write_text("S00,Training\nS01,Inference\nS02,Inference\nGHOST,Training\n")
+    before = split_file.read_bytes()
+    incomplete = {"S01": ["label"], "S02": ["label", "T2"]}
+    with pytest.raises(DataError) as info:
+        load_or_create_split(["S00"], split_file, 0.1, 0.1, seed=0, incomplete=incomplete,
+                             trained_model=split_file.parent)
+    message = str(info.value)
+    assert message == (f"split file {split_file} lists 2 subjects whose files are missing (no [label] file for "
+                       f"S01, S02; no [T2] file for S02) and 1 subject that was not found: GHOST; restore the "
+                       f"missing files, or point the config's input sections (path_to_search / csv_file) at them; "
+                       f"keep the split file: the model in {split_file.parent} was trained with it, and a new split "
+                       f"would mix its training subjects into the test sets")
+    # Without a trained model: the files are still what is missing; deleting the split is no fix.
+    with pytest.raises(DataError) as info:
+        load_or_create_split(["S00", "GHOST"], split_file, 0.1, 0.1, seed=0, incomplete=incomplete)
+    assert "no [label] file for S01, S02" in str(info.value) and "delete" not in str(info.value)
+    # Only unknown subjects and no trained model: as before.
+    with pytest.raises(DataError, match=r"1 subject that was not found: GHOST; fix the file, or delete it"):
+        load_or_create_split(["S00", "S01", "S02"], split_file, 0.1, 0.1, seed=0)
+    assert split_file.read_bytes() == before
+
+
+@pytest.mark.parametrize("blocked", ["folder", "parent"])
+def test_split_file_whose_folder_is_a_file(tmp_path, blocked):
+    blocker = tmp_path / "model"
+    blocker.write_text("a file, not a model folder")
+    split_file = blocker / "dataset_split.csv" if blocked == "folder" else blocker / "sub" / "split.csv"
+    with pytest.raises(DataError) as info:
+        load_or_create_split(IDS, split_file, 0.1, 0.1, seed=0)
+    assert str(info.value).startswith(f"cannot write split file {split_file}: its folder {split_file.parent} ")
+    assert f"{blocker} is a file, not a folder" in str(info.value)
+    assert blocker.read_text() == "a file, not a model folder"

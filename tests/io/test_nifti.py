@@ -1,6 +1,7 @@
 """uhved_tf.io.nifti: exact reorientation round trips, resampling and its inverse, writing, errors."""
 
 import logging
+import math
 from pathlib import Path
 
 import nibabel as nib
@@ -417,3 +418,66 @@ def test_save_like_rejects_non_nifti_name_and_out_of_range(tmp_path):
         save_like(arr, geom, tmp_path / "out.png")
     with pytest.raises(ValueError, match="do not fit"):
         save_like(np.full(arr.shape, 300.0), geom, tmp_path / "o.nii.gz", dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------- declared size (absurd headers)
+# A header declaring an absurd size used to be read as declared: a MemoryError (or an attempt to
+# allocate terabytes) instead of one line. The size is now checked before any voxel is read.
+# name: (file name, declared shape, NIfTI-2?, what the message says, read_header_only refuses too?)
+_BIG = 2**62
+DECLARED = {
+    "nifti1_32767_cubed_nii": ("big.nii", (32767,) * 3, False, ["(32767, 32767, 32767)", "3.52e+13 voxels", "2^31"],
+                               True),
+    "nifti1_32767_cubed_gz": ("big.nii.gz", (32767,) * 3, False, ["(32767, 32767, 32767)", "2^31"], True),
+    "nifti2_2e55_voxels_gz": ("big2.nii.gz", (_BIG,) * 3, True, [f"({_BIG}, {_BIG}, {_BIG})", "9.81e+55 voxels"],
+                              True),
+    "nifti2_1e63_voxels_7d": ("big7.nii", (10**9,) * 7, True, ["1e+63 voxels", "2^31"], True),
+    "nifti1_more_than_the_file": ("short.nii", (512,) * 3, False,
+                                  ["(512, 512, 512) of int16 (268435456 bytes of voxels from byte 352)",
+                                   "the file has only 480 bytes", "truncated"], True),
+    "nifti1_more_than_decompressed": ("short.nii.gz", (512,) * 3, False,
+                                      ["268435456 bytes of voxels from byte 352",
+                                       "the decompressed file has only 480 bytes"], False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DECLARED))
+def test_a_header_declaring_more_than_can_be_read_is_one_line_before_reading(tmp_path, case, monkeypatch):
+    from tests.helpers import nifti_declaring
+
+    name, shape, nifti2, fragments, header_refused = DECLARED[case]
+    path = nifti_declaring(tmp_path / name, shape, nifti2=nifti2)
+    if math.prod(shape) > nifti.MAX_DECLARED_VOXELS:      # refused before decompressing, not after
+        def no_decompress(data):
+            raise AssertionError("decompressed a file whose header declares an absurd size")
+        monkeypatch.setattr(nifti.gzip, "decompress", no_decompress)
+    with pytest.raises(DataError) as info:
+        load_volume(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: the header declares shape ") and "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+    if header_refused:
+        with pytest.raises(DataError) as info:
+            read_header_only(path)
+        assert str(info.value) == message
+    else:   # a .nii.gz is not decompressed for a header check: only load_volume sees its length
+        assert read_header_only(path)[0] == shape
+
+
+def test_a_channel_of_an_absurd_4d_header_is_refused_before_decompressing(tmp_path, monkeypatch):
+    from tests.helpers import nifti_declaring
+    from uhved_tf.io.nifti import Channel
+
+    path = nifti_declaring(tmp_path / "BRATS_001.nii.gz", (32767, 32767, 32767, 4))
+    monkeypatch.setattr(nifti.gzip, "decompress", lambda data: pytest.fail("decompressed"))
+    for read in (load_volume, read_header_only):
+        with pytest.raises(DataError) as info:
+            read(Channel(path, 1))
+        assert str(info.value).startswith(f"{path}: the header declares shape (32767, 32767, 32767, 4) (1.41e+14")
+
+
+def test_the_declared_size_limit_lets_real_volumes_through(tmp_path):
+    assert nifti.MAX_DECLARED_VOXELS == 2**31 >= 512 * 512 * 512 * 4
+    path = write_nifti(tmp_path / "ok.nii", np.ones((5, 6, 7), np.float32), make_affine())
+    assert load_volume(path)[0].shape == (5, 6, 7) and read_header_only(path)[0] == (5, 6, 7)

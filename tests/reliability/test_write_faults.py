@@ -196,7 +196,9 @@ def test_folder_inference_skips_a_broken_case_and_exits_non_zero(trained, tmp_pa
 
 def test_single_case_into_an_unwritable_folder_exits_2_with_one_line(trained, tmp_path):
     """The subject id given on the command line is sanitised (no escaping the output folder);
-    the output folder cannot be created: one error line naming the output, exit code 2."""
+    the output folder cannot be created (a file is in its way): one error line naming the folder
+    and the file, exit code 2, before the model runs (it said "check the free space and
+    permissions" after running it)."""
     _, data, model, _, _ = trained
     cfg = write_config(tmp_path / "tiny.ini", data, model)
     sid = sorted(p.name for p in data.rglob("Brats18_*") if p.is_dir())[0]
@@ -208,6 +210,6 @@ def test_single_case_into_an_unwritable_folder_exits_2_with_one_line(trained, tm
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert_one_line(lines[0], str(blocker / "out" / "escaped_seg.nii.gz"), "cannot write")
+    assert_one_line(lines[0], f"-o {blocker / 'out'} cannot be created: {blocker} is a file, not a folder")
     assert blocker.read_text() == "x"
     assert not list(tmp_path.parent.glob("escaped*")) and not list(tmp_path.glob("escaped*"))

@@ -172,3 +172,8 @@ def test_momentum_with_changing_learning_rate_follows_tf_convention():
         np.testing.assert_allclose(ours, ref, rtol=1e-5)
     keras_traj = run_keras("momentum", lr_schedule=schedule)
     assert not np.allclose(fused[-1][0], keras_traj[-1][0], rtol=1e-5)
+
+
+def test_the_config_offers_exactly_the_optimisers_built_here():
+    from uhved_tf.config.schema import KEYS_BY_SECTION
+    assert KEYS_BY_SECTION["TRAINING"]["optimiser"].kind.options == SUPPORTED

@@ -158,7 +158,7 @@ def _type_section(raw: R.Raw, where: str) -> dict[str, Any]:
                               f"{exc}{hint}") from None
         if key.required and value in ("", ()):
             raise ConfigError(f'[{raw.name}] {key.name} = "{text}" in {where}: a value is required: {key.help}')
-        if not key.used:
+        if not key.used and text.strip():   # (an empty value sets nothing: older resolved configs have them)
             R.logger.warning("key %s in [%s] is accepted for NiftyNet compatibility but ignored by uhved_tf: "
                              "%s (%s)", key.name, raw.name, key.note or "not implemented", where)
         values[key.name] = value

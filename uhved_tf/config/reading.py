@@ -10,7 +10,10 @@ Every key must be known. A key that belongs to exactly one other fixed/task sect
 with a WARNING (NiftyNet accepts misplaced keys; its examples put ``queue_length`` in
 ``[SYSTEM]``). Command-line overrides replace raw strings, so they are validated like the file:
 NiftyNet-style ``--key value`` / ``--key=value`` for keys of the fixed and task sections, and
-``SECTION.key=value`` (``--set``) for any key of any section.
+``SECTION.key=value`` (``--set``) for any key of any section. A key given two different values by
+``--key`` overrides, or by a ``--key`` and a ``--set`` override, is refused (which one was meant?);
+among ``--set`` overrides the last wins, so that code can put defaults before the user's
+(:func:`uhved_tf.zoo.config_for_model_dir`, benchmarks).
 """
 
 from __future__ import annotations
@@ -52,10 +55,19 @@ class Raw:
     schema: str
     values: dict[str, str] = field(default_factory=dict)
     origin: dict[str, str] = field(default_factory=dict)
+    by_option: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (value, as written) of a --key
 
-    def override(self, key: str, value: str, written: str) -> None:
-        """A command-line override ``written`` sets ``key``."""
-        self.values[key] = one_line(value)
+    def override(self, key: str, value: str, written: str, option: bool = False) -> None:
+        """A command-line override ``written`` (``option``: a NiftyNet-style ``--key value``) sets
+        ``key``; refused when a ``--key`` override gave it another value."""
+        value = one_line(value)
+        earlier = self.by_option.get(key)
+        if earlier is not None and earlier[0] != value:
+            raise ConfigError(f'"{earlier[1]}" and "{written}" both set [{self.name}] {key}, to different values '
+                              f"({earlier[0]} and {value}); give it once")
+        if option:
+            self.by_option[key] = (value, written)
+        self.values[key] = value
         self.origin[key] = f" (from the command line: {written})"
         logger.info("command line sets [%s] %s = %s", self.name, key, value)
 
@@ -246,7 +258,31 @@ def apply_cli_overrides(raws: dict[str, Raw], args: Sequence[str]) -> None:
             raise ConfigError(f'command-line option "{written}" is ambiguous: {key} is a key of '
                               f"{' and '.join(places)}; use --set SECTION.{key}={value}, e.g. "
                               f"--set {homes[0]}.{key}={value}")
-        target_section(raws, homes[0]).override(key, value, written)
+        target_section(raws, homes[0]).override(key, value, written, option=True)
+
+
+def overridden_keys(args: Sequence[str] = (), items: Sequence[str] = ()) -> set[str]:
+    """``SECTION.key`` (fixed and task sections, schema names) of every key that ``--key value``
+    overrides ``args`` and ``--set`` overrides ``items`` set; malformed ones are skipped (parsing
+    reports them). For code adding defaults that the user's overrides replace."""
+    out = set()
+    try:
+        pairs = [(key, None) for key, _, _ in _split_cli(list(args))]
+    except ConfigError:
+        pairs = []
+    for item in items:
+        lhs = str(item).partition("=")[0]
+        section, _, key = lhs.partition(".")
+        std = standardise_section_name(section)
+        if std and schema_of(std) != S.INPUT:
+            pairs.append((key.strip().lower(), schema_of(std)))
+    for key, section in pairs:
+        if section is None:
+            homes, in_input = _homes(key)
+            section = homes[0] if len(homes) == 1 and not in_input else None
+        if section is not None:
+            out.add(f"{section}.{key}")
+    return out
 
 
 def _find_section(raws: dict[str, Raw], name: str, written: str, where: str) -> Raw:

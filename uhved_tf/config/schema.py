@@ -517,6 +517,11 @@ _INITIALIZERS = ("he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "
                  "variance_scaling", "zeros", "ones")
 _STR_ARRAY = Array(Str(quoted=False))
 _NIFTYNET_ONLY = "NiftyNet feature not implemented"
+#: The optimisers the trainer builds (:mod:`uhved_tf.training.optimizer`, which takes this list):
+#: any other [TRAINING] optimiser is refused when the config is read, not when training starts.
+OPTIMISERS = ("adam", "sgd", "momentum", "rmsprop", "adagrad")
+#: The training window samplers (NiftyNet's resize and patch samplers are not windows U-HVED trains on).
+WINDOW_SAMPLERS = ("uniform", "balanced", "weighted")
 
 INPUT_KEYS: tuple[Key, ...] = (
     K("csv_file", PathStr("config", empty="keep", resolved_type=str), "",
@@ -587,8 +592,9 @@ NETWORK_KEYS: tuple[Key, ...] = (
     K("volume_padding_mode", Choice(*_NP_PAD_MODES), "minimum", "numpy.pad mode of volume_padding_size", used=False, note='padding outside the image is 0 after whitening'),
     K("volume_padding_to_size", Spatial("repeat", lo=0), (0, 0, 0),
       "NiftyNet: pad volumes up to this size", used=False, note=_NIFTYNET_ONLY),
-    K("window_sampling", Choice("uniform", "resize", "balanced", "weighted", "patch"), "uniform",
-      "Training window sampler: uniform, balanced (each label class equally likely at the centre) or weighted (tumour voxels 10x more likely)"),
+    K("window_sampling", Choice(*WINDOW_SAMPLERS), "uniform",
+      "Training window sampler: uniform, balanced (each label class equally likely at the centre) or weighted (tumour "
+      "voxels 10x more likely); NiftyNet's resize and patch are not available"),
     K("force_output_identity_resizing", Bool(), False, "NiftyNet regression output option",
       used=False, note="regression only"),
     K("queue_length", Int(lo=1), 5, "Patches buffered ahead of training (at least 5 x batch_size are used)"),
@@ -628,8 +634,8 @@ NETWORK_KEYS: tuple[Key, ...] = (
 _RANGE = Array(Float(), lengths=(0, 2), post=_ordered_range, post_text="min, max")
 
 TRAINING_KEYS: tuple[Key, ...] = (
-    K("optimiser", Choice("adam", "adamw", "sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adadelta",
-                          aliases={"gradientdescent": "sgd"}), "adam", "Optimiser"),
+    K("optimiser", Choice(*OPTIMISERS, aliases={"gradientdescent": "sgd"}), "adam",
+      "Optimiser (NiftyNet's gradientdescent = sgd)"),
     K("lr", Float(lo=0, lo_open=True), 0.01, "Initial learning rate"),
     K("loss_type", Str(), "Dice", "NiftyNet loss name", used=False,
       note="the loss is fixed: loss_weight_dice/ce/recon/kl weight its terms"),
@@ -731,7 +737,9 @@ INFERENCE_KEYS: tuple[Key, ...] = (
 )
 
 EVALUATION_KEYS: tuple[Key, ...] = (
-    K("evaluations", _STR_ARRAY, (), "Metrics to compute (e.g. dice, hausdorff95); empty = the defaults"),
+    K("evaluations", _STR_ARRAY, (), "NiftyNet: metrics to compute (e.g. dice, hausdorff95)", used=False,
+      note="evaluate always reports Dice, HD95, sensitivity and specificity per region and, for networks that "
+           "synthesise, PSNR, SSIM and MAE per modality"),
     K("save_csv_dir", PathStr("model_dir", empty="base"), "./evaluation",
       "Folder of the metrics CSV files (relative to model_dir)"),
     K("et_min_voxels", Int(lo=0), 500,

@@ -221,11 +221,14 @@ def apply_landmarks(volume: np.ndarray, landmarks: np.ndarray, cutoff=DEFAULT_CU
 
     width = np.diff(src)
     tol = _TIE_RTOL * max(abs(src[0]), abs(src[-1]))
-    tied = width <= tol
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        raw = np.diff(dst) / np.where(width > 0, width, 1.0)
+    # Tied knots, and intervals so narrow (subnormal intensities) that the slope overflows: flat.
+    tied = (width <= tol) | ~np.isfinite(raw)
     if tied.all():
         log.warning("histogram standardisation: volume is constant inside its mask (%g); mapped to landmarks",
                     src[0])
-    slope = np.where(tied, 0.0, np.diff(dst) / np.where(tied, 1.0, width))
+    slope = np.where(tied, 0.0, raw)
 
     x = v.astype(np.float64, copy=False).ravel()
     if not np.all(np.isfinite(x)):

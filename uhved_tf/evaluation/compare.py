@@ -6,14 +6,18 @@ only one run are dropped, and counted), and a two-sided Wilcoxon signed-rank tes
 differences decides significance, as in the paper's Table 1 (``*``: p < 0.05).
 
 Test details (:func:`compare`)
-    ``scipy.stats.wilcoxon(b - a, zero_method="wilcox", alternative="two-sided")``: zero
-    differences are dropped (Wilcoxon's original rule). If *every* difference is zero the test is
-    undefined and p = 1.0 is reported. SciPy's default ``method="auto"`` is used: the exact null
-    distribution for up to 50 pairs without ties or zeros, an exhaustive (so deterministic)
-    permutation test for up to 13 pairs with ties or zeros, the normal approximation otherwise.
-    With fewer than :data:`N_SMALL` pairs the p-value is still computed but the entry is flagged
-    ``n_small``: with 5 pairs the smallest two-sided exact p is 2/2^5 = 0.0625, so such a test can
-    never reach p < 0.05. Pairs where either value is not finite are dropped (and counted).
+    The paired differences ``b - a`` are rounded to :data:`DIFF_DECIMALS` decimals (1e-9) first,
+    so that values equal up to float noise (0.3 - 0.1 and 0.2) are tied and equal values give a
+    zero difference. Zero differences are dropped (Wilcoxon's original rule, ``zero_method =
+    "wilcox"``); if *every* difference is zero the test is undefined and p = 1.0 is reported. The
+    method is chosen here, whatever SciPy's default (its ``"auto"`` changed in SciPy 1.15): the
+    exact null distribution when there are at most :data:`EXACT_MAX_N` non-zero differences and no
+    ties among their absolute values, else the normal approximation (tie-corrected, no continuity
+    correction); always two-sided. With fewer than :data:`N_SMALL` non-zero differences the
+    p-value is still computed but the entry is flagged ``n_small``: with 5 the smallest two-sided
+    exact p is 2/2^5 = 0.0625, so such a test can never reach p < 0.05. ``n`` counts the pairs,
+    ``n_nonzero`` the differences the test used. Pairs where either value is not finite are
+    dropped (and counted).
 
     No correction for multiple comparisons is applied (15 subsets x 3 regions = 45 tests), as in
     the paper; the CSV has every p-value for whoever wants Holm or Benjamini-Hochberg.
@@ -30,10 +34,13 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import scipy
 from scipy import stats
 
 from uhved_tf.errors import DataError, did_you_mean
@@ -45,7 +52,14 @@ logger = logging.getLogger(__name__)
 PER_CASE_FILE = "per_case.csv"
 """File name looked for when :func:`load_per_case` is given a directory."""
 N_SMALL = 6
-"""Fewer paired cases than this are flagged ``n_small``."""
+"""Fewer non-zero paired differences than this are flagged ``n_small``."""
+DIFF_DECIMALS = 9
+"""The paired differences are rounded to this many decimals before the test (float noise is no difference)."""
+EXACT_MAX_N = 50
+"""Up to this many non-zero differences without ties: the exact test; else the normal approximation."""
+# SciPy 1.15 renamed the normal approximation "approx" -> "asymptotic" (and refuses the old name since).
+_SCIPY = tuple(int(x) for x in re.findall(r"\d+", scipy.__version__)[:2])
+_ASYMPTOTIC = "asymptotic" if _SCIPY >= (1, 15) else "approx"
 MEAN_ROW = "Mean"
 """Subset name of the across-subset entry."""
 HIGHER_IS_BETTER: dict[str, bool] = {"dice": True, "sensitivity": True, "specificity": True, "hd95": False}
@@ -53,12 +67,12 @@ HIGHER_IS_BETTER: dict[str, bool] = {"dice": True, "sensitivity": True, "specifi
 
 RESULT_FIELDS = (
     "subset", "region", "metric", "mean_a", "mean_b", "mean_diff", "n", "n_only_a", "n_only_b",
-    "n_dropped_nonfinite", "statistic", "p_value", "significant", "better", "n_small",
+    "n_dropped_nonfinite", "n_nonzero", "statistic", "p_value", "significant", "better", "n_small",
 )
 """Keys of every :func:`compare` entry, in CSV column order. ``mean_diff`` = mean of B - A."""
 
-__all__ = ["PER_CASE_FILE", "N_SMALL", "MEAN_ROW", "HIGHER_IS_BETTER", "RESULT_FIELDS", "load_per_case", "compare",
-           "compare_markdown", "compare_csv"]
+__all__ = ["PER_CASE_FILE", "N_SMALL", "DIFF_DECIMALS", "EXACT_MAX_N", "MEAN_ROW", "HIGHER_IS_BETTER", "RESULT_FIELDS",
+           "load_per_case", "compare", "compare_markdown", "compare_csv"]
 
 
 def load_per_case(path) -> list[dict]:
@@ -124,15 +138,23 @@ def _direction(metric: str, higher_is_better: bool | None) -> bool:
     )
 
 
-def _wilcoxon(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(statistic, two-sided p) of the signed-rank test on b - a; (0.0, 1.0) if all differences are 0."""
-    d = b - a
+def _wilcoxon(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
+    """(statistic, two-sided p, number of non-zero differences) of the signed-rank test on b - a
+    (module docstring: rounded differences, zeros dropped, the method chosen explicitly); (0.0,
+    1.0, 0) if all differences are 0, (NaN, NaN, 0) without pairs."""
+    d = np.round(b - a, DIFF_DECIMALS)
     if d.size == 0:
-        return math.nan, math.nan
-    if not np.any(d != 0):
-        return 0.0, 1.0
-    res = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
-    return float(res.statistic), float(res.pvalue)
+        return math.nan, math.nan, 0
+    d = d[d != 0]
+    n = int(d.size)
+    if n == 0:
+        return 0.0, 1.0, 0
+    ties = np.unique(np.abs(d)).size < n
+    method = "exact" if n <= EXACT_MAX_N and not ties else _ASYMPTOTIC
+    with warnings.catch_warnings():   # SciPy < 1.15 warns below 10 differences; the rule above is deliberate
+        warnings.filterwarnings("ignore", message="Sample size too small for normal approximation")
+        res = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided", method=method)
+    return float(res.statistic), float(res.pvalue), n
 
 
 def _entry(subset: str, region: str, metric: str, a: np.ndarray, b: np.ndarray, n_only_a: int, n_only_b: int,
@@ -141,14 +163,14 @@ def _entry(subset: str, region: str, metric: str, a: np.ndarray, b: np.ndarray, 
     dropped = int(np.count_nonzero(~finite))
     a, b = a[finite], b[finite]
     n = int(a.size)
-    statistic, p = _wilcoxon(a, b)
+    statistic, p, n_nonzero = _wilcoxon(a, b)
     mean_a = float(np.mean(a)) if n else math.nan
     mean_b = float(np.mean(b)) if n else math.nan
     better = ("A" if (mean_a > mean_b) == higher else "B") if n and mean_a != mean_b else None
     return {"subset": subset, "region": region, "metric": metric, "mean_a": mean_a, "mean_b": mean_b,
             "mean_diff": float(np.mean(b - a)) if n else math.nan, "n": n, "n_only_a": n_only_a,
-            "n_only_b": n_only_b, "n_dropped_nonfinite": dropped, "statistic": statistic, "p_value": p,
-            "significant": bool(n and p < alpha), "better": better, "n_small": n < N_SMALL}
+            "n_only_b": n_only_b, "n_dropped_nonfinite": dropped, "n_nonzero": n_nonzero, "statistic": statistic,
+            "p_value": p, "significant": bool(n and p < alpha), "better": better, "n_small": n_nonzero < N_SMALL}
 
 
 def compare(
@@ -176,9 +198,10 @@ def compare(
         one dict per (subset, region) with the keys of :data:`RESULT_FIELDS`: subset (name as in the
         CSV, e.g. "T1c+Flair"), region, metric, mean_a / mean_b over the paired cases, mean_diff
         (B - A), n paired cases, n_only_a / n_only_b (subjects of that subset in one run only,
-        dropped), n_dropped_nonfinite, statistic, p_value (1.0 if all differences are zero, NaN if
-        n = 0), significant, better ("A", "B" or None when the means are equal or n = 0, whatever
-        the p-value) and n_small (n < :data:`N_SMALL`). Subsets in the order first seen in A then B.
+        dropped), n_dropped_nonfinite, n_nonzero (the non-zero rounded differences the test used),
+        statistic, p_value (1.0 if all differences are zero, NaN if n = 0), significant, better
+        ("A", "B" or None when the means are equal or n = 0, whatever the p-value) and n_small
+        (n_nonzero < :data:`N_SMALL`). Subsets in the order first seen in A then B.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1); got {alpha!r}")
@@ -248,8 +271,8 @@ def compare_markdown(
     Rows = ``subsets`` (●/○ per modality) then the Mean row if ``result`` has one; per region two
     columns, A | B; the better mean in **bold**, followed by ``\\*`` when the Wilcoxon test is
     significant; "–" for a subset / region not in ``result``; a last column with the number of paired
-    cases ("5 (small)" when flagged ``n_small``). Dice, sensitivity and specificity are shown in %,
-    HD95 in mm. A legend line follows the table.
+    cases ("8 (small)" when flagged ``n_small``: fewer than :data:`N_SMALL` non-zero differences).
+    Dice, sensitivity and specificity are shown in %, HD95 in mm. A legend line follows the table.
     """
     modalities = list(modalities)
     lookup = {(e["subset"], e["region"]): e for e in result}
@@ -291,7 +314,8 @@ def compare_markdown(
     if any(e["subset"] == MEAN_ROW for e in result):
         lines.append("| " + " | ".join([MEAN_ROW] + [""] * (len(modalities) - 1) + cells(MEAN_ROW)) + " |")
     lines += ["", f"A = {name_a}, B = {name_b}. Bold: better mean over the paired cases; \\*: two-sided Wilcoxon "
-              "signed-rank test significant (p < alpha, no multiple-comparison correction); n: paired cases."]
+              "signed-rank test significant (p < alpha, no multiple-comparison correction); n: paired cases, "
+              f"(small): fewer than {N_SMALL} non-zero differences in a region (an exact test cannot reach p < 0.05)."]
     return "\n".join(lines) + "\n"
 
 

@@ -268,7 +268,9 @@ def synthesis_table_markdown(
     Rows = subsets, ●/○ per modality (present / missing); columns = PSNR (dB) and SSIM of every
     modality. A cell of a modality that was an *input* of that subset is a reconstruction, not a
     synthesis, and is shown in parentheses. The Mean row averages, per column, only the subsets in
-    which that modality was missing (true synthesis); "–" when it was never missing.
+    which that modality was missing (true synthesis); "–" when it was never missing. A score that is
+    NaN or absent (no case of that subset had the modality's file: incomplete subjects) is "–" and
+    left out of the Mean row.
 
     Args:
         summary: subset name (``Subset.name``) -> mean scores with ``psnr_<m>`` and ``ssim_<m>``
@@ -288,15 +290,15 @@ def synthesis_table_markdown(
         marks = ["●" if m in subset else "○" for m in modalities]
         cells = []
         for m in modalities:
-            for key in (f"psnr_{m}", f"ssim_{m}"):
-                if key not in vals:
-                    raise ValueError(f'summary["{name}"] has no "{key}"; keys: {sorted(vals)}')
-            p_txt, s_txt = _fmt(vals[f"psnr_{m}"], 2), _fmt(vals[f"ssim_{m}"], 3)
+            # NaN / absent: no case of the subset had the modality's file (incomplete subjects)
+            p_val, s_val = float(vals.get(f"psnr_{m}", math.nan)), float(vals.get(f"ssim_{m}", math.nan))
+            p_txt, s_txt = _fmt(p_val, 2), _fmt(s_val, 3)
             if m in subset:
                 cells += [f"({p_txt})", f"({s_txt})"]
             else:
                 cells += [p_txt, s_txt]
-                synthesised[m].append((float(vals[f"psnr_{m}"]), float(vals[f"ssim_{m}"])))
+                if not (math.isnan(p_val) or math.isnan(s_val)):
+                    synthesised[m].append((p_val, s_val))
         lines.append("| " + " | ".join(marks + cells) + " |")
     if len(subsets) > 1:
         cells = []

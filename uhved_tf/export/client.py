@@ -10,7 +10,8 @@ synthesis of every modality, uncertainty).
 Requests and answers are built and parsed by pure functions (:func:`build_rest_request`,
 :func:`parse_rest_response`, :func:`build_grpc_request`, :func:`parse_grpc_response`); transport
 problems become one-line :class:`ServingError` messages (server unreachable, model not found,
-server error, timeout).
+server error, timeout: each request waits at most ``timeout`` seconds, :data:`DEFAULT_TIMEOUT` unless
+given, so a server that accepts and never answers fails the request instead of blocking).
 
 REST (``POST http://HOST:PORT/v1/models/NAME[/versions/N]:predict``) uses TF Serving's columnar
 JSON: ``{"signature_name": ..., "inputs": {name: nested lists}}`` -> ``{"outputs": {name: nested
@@ -39,7 +40,9 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("rest", "grpc")
 SIGNATURES = (SEGMENT_VOLUME, SERVING_DEFAULT)
-DEFAULT_TIMEOUT = 600.0
+#: Seconds a request waits for the server (``--timeout``). REST: for connecting and for each wait for
+#: its answer (a server that accepts and never answers fails after this long); gRPC: the request's deadline.
+DEFAULT_TIMEOUT = 120.0
 GRPC_PIN = "tensorflow-serving-api==2.21.0"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -187,17 +190,24 @@ def rest_predict(host: str, port: int, model: str, inputs: dict, signature: str 
         raise ServingError(_rest_error_message(exc.code, exc.read() or b"", where, model, version)) from None
     except OSError as exc:  # URLError (its reason), a timeout or a dropped connection
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise ServingError(_transport_message(reason, where, "REST", timeout)) from None
+        raise ServingError(_transport_message(reason, where, "REST", timeout, model, version)) from None
     return parse_rest_response(payload, output_names)
 
 
-def _transport_message(reason, where: str, protocol: str, timeout: float) -> str:
+def _timeout_message(where: str, protocol: str, timeout: float, model: str, version) -> str:
+    served = f'model "{model}"' + (f" version {version}" if version is not None else "")
+    return (f"no answer from TensorFlow Serving at {where} ({protocol}) for {served} within {timeout:g} s "
+            f"(--timeout SECONDS, default {DEFAULT_TIMEOUT:g}); raise it if the server needs longer for a volume, "
+            f"else check that the server is up and not stuck")
+
+
+def _transport_message(reason, where: str, protocol: str, timeout: float, model: str = "?", version=None) -> str:
     if isinstance(reason, ConnectionRefusedError):
         return (f"cannot reach TensorFlow Serving at {where} ({protocol}): connection refused; is "
                 f"tensorflow_model_server running with --{'rest_api_port' if protocol == 'REST' else 'port'}"
                 f"={where.rsplit(':', 1)[-1]}?")
     if isinstance(reason, TimeoutError | socket.timeout):
-        return f"no answer from TensorFlow Serving at {where} ({protocol}) within {timeout:g} s; raise --timeout"
+        return _timeout_message(where, protocol, timeout, model, version)
     if isinstance(reason, socket.gaierror):
         return f"cannot reach TensorFlow Serving at {where} ({protocol}): unknown host ({_one_line(reason)})"
     if isinstance(reason, ConnectionError):
@@ -268,7 +278,7 @@ def _grpc_message(exc, where: str, model: str, version, timeout: float) -> str:
         return (f"cannot reach TensorFlow Serving at {where} (gRPC): {details}; is tensorflow_model_server "
                 f"running with --port={where.rsplit(':', 1)[-1]}?")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"no answer from TensorFlow Serving at {where} (gRPC) within {timeout:g} s; raise --timeout"
+        return _timeout_message(where, "gRPC", timeout, model, version)
     if code == grpc.StatusCode.NOT_FOUND:
         return _not_found(model, version, where, details)
     name = code.name if code is not None else "error"

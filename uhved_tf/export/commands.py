@@ -47,15 +47,22 @@ def add_parsers(subparsers, add_config_args) -> None:
     p.add_argument("--metadata", help="the export's metadata.json (or its version folder) to check the config "
                                       "against (default: <model_dir>/export/<model>/<version>/assets/metadata.json "
                                       "or <model_dir>/metadata.json)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the answer")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"how long to wait for the server, per request (default {DEFAULT_TIMEOUT:g} s; REST: for "
+                        f"connecting and for each wait for its answer, gRPC: the whole request); raise it for large "
+                        f"volumes on a slow server")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
 def cmd_export(args, cfg) -> int:
     from uhved_tf.application import Application
     from uhved_tf.export.saved_model import export_saved_model
+    from uhved_tf.io.atomic import check_folder
 
     app = Application(cfg)
+    check_folder(app.model_dir.root, "[SYSTEM] model_dir")
+    if args.output:    # (before the model is built)
+        check_folder(args.output, "--output")
     result = export_saved_model(app.load_trained_model(), cfg, app.model_dir, app.metadata(),
                                 checkpoint=app.loaded_checkpoint, output=args.output, version=args.version,
                                 samples=args.samples, overwrite=args.overwrite, model_name=args.model_name)
@@ -75,10 +82,12 @@ def cmd_client(args, cfg) -> int:
     from uhved_tf.export.client import (SIGNATURES, find_metadata, parse_server, preprocess_settings_for,
                                         request_case)
     from uhved_tf.export.saved_model import model_name_for
+    from uhved_tf.io.atomic import check_folder
     from uhved_tf.io.discovery import Subject, safe_subject_id, subject_id_for_file
     from uhved_tf.subset import files_from_flags
 
     app = Application(cfg)
+    check_folder(args.output, "-o")     # before the (long) request
     files = files_from_flags({f: getattr(args, f) for f in MODALITY_FLAGS}, cfg.modalities)
     if not files:
         raise DataError(f"no input image: give at least one of --t1, --t1c, --t2, --flair "

@@ -30,6 +30,24 @@ def temporary_sibling(path, tag: str = "tmp") -> Path:
     return path.parent / f".{stem}.{uuid.uuid4().hex[:12]}.{tag}{suffix}"
 
 
+def check_folder(path, what: str) -> Path:
+    """``path`` as a folder to write into: one already, or one that can be created (no file in the
+    way). Else a one-line :class:`~uhved_tf.errors.DataError` naming ``what`` (``-o``, ``[SYSTEM]
+    model_dir``) and the file in the way. Nothing is created."""
+    from uhved_tf.errors import DataError
+
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if existing.is_dir():
+            return path
+        if existing.exists() or existing.is_symlink():
+            kind = "a file" if existing.exists() else "a broken link"
+            if existing == path:
+                raise DataError(f"{what} {path} is {kind}, not a folder; give a folder (it is created if missing)")
+            raise DataError(f"{what} {path} cannot be created: {existing} is {kind}, not a folder")
+    return path
+
+
 @contextmanager
 def atomic_path(path, fsync: bool = False):
     """Yield a temporary path to write; on success it replaces ``path`` atomically, on any error it

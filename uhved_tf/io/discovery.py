@@ -26,14 +26,14 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from uhved_tf.errors import DataError
-from uhved_tf.io.atomic import atomic_write_text
+from uhved_tf.io.atomic import atomic_write_text, check_folder
 from uhved_tf.io.nifti import NIFTI_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -246,12 +246,15 @@ def _files_from_search(spec: InputSpec, cache: dict[Path, list[Path]], required:
     return table
 
 
-def find_subjects(specs: Sequence[InputSpec], required: Sequence[str], optional: Sequence[str] = ()) -> list[Subject]:
+def find_subjects(specs: Sequence[InputSpec], required: Sequence[str], optional: Sequence[str] = (),
+                  incomplete: dict[str, list[str]] | None = None) -> list[Subject]:
     """Find the subjects that have a file in every ``required`` section.
 
     ``optional`` sections are filled where present. With no ``required`` section (e.g. inference
     from any subset of modalities), every id found in some optional section is a subject. Subjects
-    are sorted by id. A subject missing a required section is dropped with a warning.
+    are sorted by id. A subject missing a required section is dropped with a warning; with
+    ``incomplete`` (a dict, filled here) ``{id: [required sections without a file]}`` of each
+    dropped subject is kept, so a later message (the split's) can say what is missing.
 
     Raises:
         DataError: a search folder does not exist; a required section matches no file; two files
@@ -293,6 +296,8 @@ def find_subjects(specs: Sequence[InputSpec], required: Sequence[str], optional:
             dropped = sorted(all_ids - set(tables[name]))
             if dropped:
                 logger.warning("%d subjects have no %s file: %s", len(dropped), name, listing(dropped))
+            for i in dropped if incomplete is not None else ():
+                incomplete.setdefault(i, []).append(name)
         if not ids:
             counts = "; ".join(f"[{n}] has {len(tables[n])} ids (e.g. {listing(sorted(tables[n])[:3])})"
                                for n in required)
@@ -308,7 +313,8 @@ def find_subjects(specs: Sequence[InputSpec], required: Sequence[str], optional:
     return subjects
 
 
-def _read_split(split_file: Path, subject_ids: list[str]) -> dict[str, str]:
+def _read_split(split_file: Path, subject_ids: list[str], incomplete: Mapping[str, Sequence[str]] | None = None,
+                trained_model=None) -> dict[str, str]:
     split: dict[str, str] = {}
     for line_no, row in _csv_rows(split_file, "cannot read split file"):
         phase = _PHASE_BY_LOWER.get(row[1].lower()) if len(row) == 2 else None
@@ -325,16 +331,46 @@ def _read_split(split_file: Path, subject_ids: list[str]) -> dict[str, str]:
         split[row[0]] = phase
     unknown = sorted(set(split) - set(subject_ids))
     if unknown:
-        raise DataError(
-            f"split file {split_file} lists {len(unknown)} subjects that were not found: {listing(unknown)} "
-            "(fix the file, or delete it to create a new split)"
-        )
+        raise DataError(_unknown_subjects_message(split_file, unknown, incomplete or {}, trained_model))
     absent = [i for i in subject_ids if i not in split]
     if absent:
         logger.warning("%d subjects are not in split file %s; using them for Training: %s",
                        len(absent), split_file, listing(absent))
         split.update(dict.fromkeys(absent, "Training"))
     return {i: split[i] for i in sorted(split)}
+
+
+def _subjects(n: int) -> str:
+    return f"{n} subject" + ("" if n == 1 else "s")
+
+
+def _unknown_subjects_message(split_file: Path, unknown: list[str], incomplete: Mapping[str, Sequence[str]],
+                              trained_model) -> str:
+    """Subjects of the split that this command cannot use: those found without a file it needs
+    (``incomplete``: id -> sections) and those not found at all. The split of a trained model
+    must be kept (a new one would move its training subjects into the test sets)."""
+    lacking = [i for i in unknown if i in incomplete]
+    absent = [i for i in unknown if i not in incomplete]
+    parts = []
+    if lacking:
+        by_section: dict[str, list[str]] = {}
+        for i in lacking:
+            for section in incomplete[i]:
+                by_section.setdefault(section, []).append(i)
+        what = "; ".join(f"no [{section}] file for {listing(ids)}" for section, ids in by_section.items())
+        parts.append(f"{_subjects(len(lacking))} whose files are missing ({what})")
+    if absent:
+        parts.append(f"{_subjects(len(absent))} that {'was' if len(absent) == 1 else 'were'} not found: "
+                     f"{listing(absent)}")
+    restore = "restore the missing files, or point the config's input sections (path_to_search / csv_file) at them"
+    if trained_model is not None:
+        fix = (f"{restore}; keep the split file: the model in {trained_model} was trained with it, and a new split "
+               "would mix its training subjects into the test sets")
+    elif lacking:
+        fix = restore
+    else:
+        fix = "fix the file, or delete it to create a new split"
+    return f"split file {split_file} lists {' and '.join(parts)}; {fix}"
 
 
 def _split_counts(n: int, fraction_val: float, fraction_inf: float) -> tuple[int, int]:
@@ -357,6 +393,8 @@ def load_or_create_split(
     exclude_fraction_for_inference: float,
     seed: int,
     fold: int = 0,
+    incomplete: Mapping[str, Sequence[str]] | None = None,
+    trained_model: str | os.PathLike | None = None,
 ) -> dict[str, str]:
     """Return ``{subject_id: "Training" | "Validation" | "Inference"}`` sorted by id.
 
@@ -369,9 +407,13 @@ def load_or_create_split(
     Training unless the fractions add up to 1. The new file is written atomically. With ``fold``
     (1, 2, 3) the split is :func:`draw_split`'s for that fold, and an existing file must be it.
 
+    For the message when the file lists subjects not in ``subject_ids``: ``incomplete`` (id ->
+    sections, :func:`find_subjects`) names the files those subjects lack, and ``trained_model``
+    (the folder of the model trained with this split) says the split must be kept.
+
     Raises:
-        DataError: the file is malformed, names subjects that were not found, or there are no
-            subjects to split.
+        DataError: the file is malformed, names subjects that were not found (or lack a file),
+            there are no subjects to split, or the split file's folder is a file.
         ValueError: a fraction outside [0, 1] or fractions adding up to more than 1.
     """
     split_file = Path(split_file).expanduser()
@@ -380,7 +422,7 @@ def load_or_create_split(
         raise ValueError("subject_ids contains duplicates")
     ids.sort()
     if split_file.is_file() and not fold:
-        split = _read_split(split_file, ids)
+        split = _read_split(split_file, ids, incomplete, trained_model)
         logger.info("using split file %s (%s)", split_file, _phase_counts(split))
         return split
 
@@ -395,13 +437,14 @@ def load_or_create_split(
     split = draw_split(ids, fv, fi, seed, fold)
     if split_file.is_file():
         listed = [row[0] for _, row in _csv_rows(split_file, "cannot read split file")]
-        existing = _read_split(split_file, ids)
+        existing = _read_split(split_file, ids, incomplete, trained_model)
         if {i: existing[i] for i in listed} != draw_split(listed, fv, fi, seed, fold):
             raise DataError(f"split file {split_file} is not the split of fold {fold} (seed {seed}) of the "
                             f"{len(listed)} subjects it lists: this model folder belongs to another fold or data; give each "
                             f"fold its own model_dir (e.g. --set SYSTEM.model_dir=models/fold{fold})")
         logger.info("using split file %s (%s)", split_file, _phase_counts(existing))
         return existing
+    check_folder(split_file.parent, f"cannot write split file {split_file}: its folder")
     atomic_write_text(split_file, "".join(f"{i},{p}\n" for i, p in split.items()))
     logger.info("created split file %s (%s, seed %d%s)", split_file, _phase_counts(split), seed,
                 f", fold {fold}" if fold else "")

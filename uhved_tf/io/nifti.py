@@ -33,9 +33,16 @@ file on the input's grid). The decompressed bytes of the last 4-D ``.nii.gz`` re
 :class:`Channel` are kept (one file, keyed by path, size and modification time), so loading the
 four channels of a case one after the other decompresses it once.
 
+**Declared size.** Before any voxel is read, the size the header declares (shape x bytes per
+voxel, from ``vox_offset``) is checked: at most :data:`MAX_DECLARED_VOXELS` voxels (all channels
+of a 4-D file together), and, for ``.nii``, not beyond the end of the file (for ``.nii.gz``:
+the decompressed length; a ``.nii.gz`` is decompressed only after its header passed the limit).
+A damaged header (a NIfTI-1 of 32767^3 voxels, a NIfTI-2 declaring 10^63) is one error line
+instead of an attempt to allocate terabytes.
+
 Only ``.nii`` and ``.nii.gz`` files are read or written. Every problem a user can fix (missing,
-truncated or corrupt file, not 3-D, non-finite voxels, singular affine, output already present)
-raises :class:`uhved_tf.errors.DataError` with one line naming the file.
+truncated or corrupt file, absurd declared size, not 3-D, non-finite voxels, singular affine,
+output already present) raises :class:`uhved_tf.errors.DataError` with one line naming the file.
 """
 
 from __future__ import annotations
@@ -72,6 +79,9 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _RESAMPLE_RTOL = 1e-3
 # A resampled grid larger than this (4 GiB of float32) comes from a wrong voxel size, not from an image.
 _MAX_RESAMPLED_VOXELS = 1024**3
+#: The most voxels a file may declare (all channels of a 4-D file together; 8 GiB as float32). A
+#: brain volume has ~10^7; a header declaring more is damaged, and reading it would exhaust the memory.
+MAX_DECLARED_VOXELS = 2**31
 _IDENTITY_ORNT = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
 # What nibabel / gzip / zlib raise on a file that is not NIfTI, truncated or corrupt.
 _READ_ERRORS = (
@@ -215,14 +225,40 @@ def _check_class(path: Path, img: Any) -> Any:
     return img
 
 
+def _check_declared_size(path: Path, img: Any, available: int | None, what: str = "file") -> None:
+    """Refuse, before reading voxels, a header declaring more than :data:`MAX_DECLARED_VOXELS`
+    voxels, or (``available``: the file's or the decompressed length, ``what`` names it) voxel
+    data ending beyond ``available`` bytes."""
+    try:
+        proxy = img.dataobj
+        shape = tuple(int(d) for d in getattr(proxy, "shape", img.shape))
+        dtype = np.dtype(proxy.dtype if hasattr(proxy, "dtype") else img.get_data_dtype())
+        offset = int(getattr(proxy, "offset", 0))
+    except (*_READ_ERRORS, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: {_UNREADABLE}: {_one_line(exc)}") from exc
+    voxels = math.prod(shape)
+    if voxels > MAX_DECLARED_VOXELS:
+        count = f"{float(voxels):.3g}" if voxels < 1e300 else f"10^{len(str(voxels)) - 1}"
+        raise DataError(f"{path}: the header declares shape {shape} ({count} voxels of {dtype}); more than 2^31 "
+                        f"voxels is no brain image (a damaged header?), so the file is not read")
+    needed = offset + voxels * dtype.itemsize
+    if available is not None and needed > available:
+        raise DataError(f"{path}: the header declares shape {shape} of {dtype} ({voxels * dtype.itemsize} bytes of "
+                        f"voxels from byte {offset}) but the {what} has only {available} bytes (truncated file or "
+                        f"damaged header)")
+
+
 def _open_nifti(path: str | os.PathLike) -> tuple[Path, Any]:
-    """Open the header of a NIfTI file (lazy data), with every failure as a one-line DataError."""
+    """Open the header of a NIfTI file (lazy data), with every failure as a one-line DataError;
+    the declared size is checked (:func:`_check_declared_size`; for ``.nii``, against the file's size)."""
     path = _check_path(path)
     try:
-        img = nib.load(str(path))
+        img = _check_class(path, nib.load(str(path)))
+        gz = path.name.lower().endswith(".gz")
+        _check_declared_size(path, img, None if gz else path.stat().st_size)
     except _READ_ERRORS as exc:
         raise DataError(f"{path}: {_UNREADABLE}: {_one_line(exc)}") from exc
-    return path, _check_class(path, img)
+    return path, img
 
 
 def _read_nifti(path: str | os.PathLike, cached: bool = False) -> tuple[Path, Any]:
@@ -231,17 +267,30 @@ def _read_nifti(path: str | os.PathLike, cached: bool = False) -> tuple[Path, An
     nibabel alone stops decompressing once it has the voxels it needs, so a damaged ``.nii.gz``
     can load as silently wrong data; decompressing the whole member first makes gzip check it.
     ``cached``: reuse / keep the decompressed bytes in the one-file cache of :class:`Channel` reads.
+    The declared size is checked before any voxel is read (:func:`_check_declared_size`): a
+    ``.nii.gz`` is decompressed only when the header read from its start declares at most
+    :data:`MAX_DECLARED_VOXELS` voxels, and then the decompressed length must hold them.
     """
     path = _check_path(path)
     try:
         if not path.name.lower().endswith(".gz"):
-            return path, _check_class(path, nib.load(str(path), mmap=False))
+            img = _check_class(path, nib.load(str(path), mmap=False))
+            _check_declared_size(path, img, path.stat().st_size)
+            return path, img
+        try:
+            head = nib.load(str(path))          # the header only, from the start of the gzip stream
+        except _READ_ERRORS:
+            head = None                         # (decompressing reports why it is unreadable)
+        if head is not None:
+            _check_declared_size(path, head, None)
         try:
             raw = _CHANNEL_CACHE.get(path) if cached else gzip.decompress(path.read_bytes())
         except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path}: cannot decompress (truncated or corrupt gzip file?): {_one_line(exc)}") from exc
         sizeof_hdr = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
-        return path, (nib.Nifti2Image if 540 in sizeof_hdr else nib.Nifti1Image).from_bytes(raw)
+        img = _check_class(path, (nib.Nifti2Image if 540 in sizeof_hdr else nib.Nifti1Image).from_bytes(raw))
+        _check_declared_size(path, img, len(raw), "decompressed file")
+        return path, img
     except _READ_ERRORS as exc:
         raise DataError(f"{path}: {_UNREADABLE}: {_one_line(exc)}") from exc
 
@@ -292,9 +341,10 @@ def read_header_only(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.
 
     Returns ``(shape, affine, zooms)``: the 3-D shape (trailing singleton dimensions dropped), the
     4x4 affine and the header's three spatial voxel sizes. Raises :class:`DataError` when the file
-    is missing, not NIfTI, not 3-D (for a :class:`Channel`: not 4-D or without that channel) or
-    has a non-invertible affine. A file truncated in its voxel data passes this check;
-    :func:`load_volume` catches that.
+    is missing, not NIfTI, declares more than :data:`MAX_DECLARED_VOXELS` voxels (or, ``.nii``,
+    more voxel bytes than the file holds), is not 3-D (for a :class:`Channel`: not 4-D or without
+    that channel) or has a non-invertible affine. A ``.nii.gz`` truncated in its voxel data passes
+    this check; :func:`load_volume` catches that.
     """
     channel = path.index if isinstance(path, Channel) else None
     path, img = _open_nifti(path)
@@ -374,8 +424,9 @@ def load_volume(
         ``(array, geometry)``: the array on the working grid (3-D) and what is needed to undo it.
 
     Raises:
-        DataError: missing / unreadable / truncated file, not 3-D (a :class:`Channel`: not 4-D
-            or no such channel), RGB or complex voxels,
+        DataError: missing / unreadable / truncated file, a header declaring more than
+            :data:`MAX_DECLARED_VOXELS` voxels or more than the file holds (checked before reading),
+            not 3-D (a :class:`Channel`: not 4-D or no such channel), RGB or complex voxels,
             non-finite voxels under ``nan_policy="error"``, non-invertible affine, a resampled
             grid of more than 1024^3 voxels (a wrong voxel size in the header).
     """

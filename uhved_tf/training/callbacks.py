@@ -10,6 +10,11 @@ every iteration is logged exactly once).
 
 On resume both CSVs lose the rows after the resumed iteration (they will be redone), and the
 best validation score and the early-stopping history come back from ``validation.csv``.
+
+Only the chief of a multi-worker run writes (``trainer.chief``): on the other workers the CSVs
+and TensorBoard do nothing, checkpoints go to :meth:`Trainer.save
+<uhved_tf.training.trainer.Trainer.save>`'s temporary folder and validation takes the chief's
+verdict (:meth:`Trainer.agree <uhved_tf.training.trainer.Trainer.agree>`) without validating.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from uhved_tf.training.progress import Progress
 log = logging.getLogger(__name__)
 
 METRIC_FIELDS = ("iteration", "lr", "total", "dice", "ce", "recon", "kl", "weight_decay", "seconds", "subsets")
+
+
+def _writes(trainer) -> bool:
+    """Whether this process writes the model directory (not a non-chief worker; no trainer: yes)."""
+    return getattr(trainer, "chief", True)
 
 
 class Callback:
@@ -61,6 +71,8 @@ class MetricsCSV(Callback):
         self.file = None
 
     def on_train_begin(self, trainer, start):
+        if not _writes(trainer):
+            return
         new = not self.path.exists() or self.path.stat().st_size == 0
         if not new:
             _truncate_after(self.path, start)
@@ -71,6 +83,8 @@ class MetricsCSV(Callback):
         self.t0 = time.perf_counter()
 
     def on_step_end(self, trainer, iteration, terms, lr, subsets):
+        if self.file is None:
+            return
         self.writer.writerow({"iteration": iteration, "lr": lr, "seconds": round(time.perf_counter() - self.t0, 3),
                               "subsets": ";".join(subsets), **{k: terms.get(k, "") for k in METRIC_FIELDS[2:-2]}})
         self.file.flush()
@@ -90,10 +104,13 @@ class TensorBoard(Callback):
         self.writer = None
 
     def on_train_begin(self, trainer, start):
-        self.writer = tf.summary.create_file_writer(str(self.folder))
+        if _writes(trainer):
+            self.writer = tf.summary.create_file_writer(str(self.folder))
         self.start = start
 
     def on_step_end(self, trainer, iteration, terms, lr, subsets):
+        if self.writer is None:
+            return
         if iteration == 1:   # for the Graphs tab
             with self.writer.as_default():
                 tf.summary.graph(trainer.step_graph())
@@ -104,6 +121,8 @@ class TensorBoard(Callback):
                     tf.summary.scalar(f"loss/{k}", v)
 
     def validation(self, iteration: int, scores: dict, images: dict) -> None:
+        if self.writer is None:
+            return
         with self.writer.as_default(step=iteration):
             for k, v in scores.items():
                 tf.summary.scalar(f"validation/{k}", v)
@@ -165,7 +184,8 @@ class Validation(Callback):
         self.best_score = None
 
     def on_train_begin(self, trainer, start):
-        self.manager = trainer.checkpoint_manager(best=True)
+        if not _writes(trainer):
+            return
         scores = [float(r["score"]) for r in _truncate_after(self.path, start)] if self.path.exists() else []
         if scores:
             self.best_score = max(scores)
@@ -175,6 +195,11 @@ class Validation(Callback):
     def on_step_end(self, trainer, iteration, terms, lr, subsets):
         if self.validator is None or self.every_n <= 0 or iteration % self.every_n:
             return False
+        if not _writes(trainer):   # the chief's verdict; saving is collective
+            saved, stop = trainer.agree(False, False)
+            if saved:
+                trainer.save(best=True)
+            return stop
         t0 = time.perf_counter()
         result = dict(self.validator(trainer.model))
         images = result.pop("images", {})
@@ -183,12 +208,13 @@ class Validation(Callback):
         if self.tensorboard is not None:
             self.tensorboard.validation(iteration, result, images)
         saved = self.best_score is None or score > self.best_score
+        stop = self.early_stopping is not None and self.early_stopping.update(score)
+        saved, stop = trainer.agree(saved, stop)
         if saved:
             self.best_score = score
-            self.manager.save(checkpoint_number=iteration)
+            trainer.save(best=True)
         log.info("validation at %d: mean Dice %.4f (%s) [%.1f s]", iteration, score,
                  "best so far, saved" if saved else f"best {self.best_score:.4f}", time.perf_counter() - t0)
-        stop = self.early_stopping is not None and self.early_stopping.update(score)
         if stop:
             log.info("early stopping at iteration %d: no improvement of the validation score", iteration)
         return bool(stop)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from uhved_tf.config.schema import OPTIMISERS
 from uhved_tf.errors import ConfigError
 
-SUPPORTED = ("adam", "sgd", "momentum", "rmsprop", "adagrad")
+#: The schema's [TRAINING] optimiser choices are exactly these (the config check refuses others).
+SUPPORTED = OPTIMISERS
 
 
 class FusedOptimizer(tf.Module):
@@ -40,9 +42,18 @@ class FusedOptimizer(tf.Module):
             for s in range(n_slots)
         ]
 
-    def apply_gradients(self, grads_and_vars):
+    def apply_gradients(self, grads_and_vars, apply_if=None):
+        """One update; with ``apply_if`` (a boolean tensor, the same on every replica) a False
+        skips it entirely: the weights, the slots and the step counter stay as they are."""
         grads = [g for g, _ in grads_and_vars]
-        step = self.iterations.assign_add(1)
+        if apply_if is None:
+            return self._apply(grads, self.iterations.assign_add(1))
+        # The counter outside the branch: a replica-context update of a distributed variable
+        # (a merge_call) is not allowed inside tf.cond; the kernels below only touch local copies.
+        step = self.iterations.assign_add(tf.cast(apply_if, tf.int64))
+        return tf.cond(apply_if, lambda: self._apply(grads, step), lambda: tf.identity(step))
+
+    def _apply(self, grads, step):
         lr = tf.identity(self.learning_rate)
         ops = []
         if self.kind == "adam":
