@@ -87,8 +87,8 @@ def test_cli_inference_with_model_dir_matches_the_api(trained, predictor, tmp_pa
     _, _, moved, case, _ = trained
     files = _files(case)
     out = tmp_path / "out"
-    run_cli("inference", "--model", moved, "--t1c", files["t1c"], "--flair", files["flair"], "-o", out, "-q",
-            "--subject-id", case.name)
+    run_cli_here("inference", "--model", moved, "--t1c", files["t1c"], "--flair", files["flair"], "-o", out, "-q",
+                 "--subject-id", case.name)
     seg = nib.load(out / f"{case.name}_seg.nii.gz")
     for m in ("T1", "T1c", "T2", "Flair"):
         assert (out / f"{case.name}_{m}_synth.nii.gz").exists()

@@ -73,7 +73,7 @@ def test_train_again_without_resume_refuses_to_clobber(trained):
 
 def test_resume_continues_at_iteration_two(trained):
     root, cfg, _ = trained
-    proc = run_cli("train", "-c", cfg, "--resume", "--max_iter", "3", "--set", "TRAINING.save_every_n=0")
+    proc = run_cli_here("train", "-c", cfg, "--resume", "--max_iter", "3", "--set", "TRAINING.save_every_n=0")
     assert "resumed from" in proc.stderr and "iteration 2" in proc.stderr
     rows = list(csv.DictReader(open(root / "model" / "metrics.csv")))
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3]

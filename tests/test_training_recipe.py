@@ -264,9 +264,9 @@ def test_incomplete_subjects_train_with_allow_missing_modalities(tiny, tmp_path)
     split = (tmp_path / "m1" / "dataset_split.csv").read_text()
     sid = t2.name[: -len("_t2.nii.gz")]
     assert sid not in split
-    proc = run_cli("train", "-c", cfg, "--set", f"SYSTEM.model_dir={tmp_path / 'm2'}",
-                   "--set", "TRAINING.allow_missing_modalities=True", "--max_iter", "6",
-                   "--set", "TRAINING.exclude_fraction_for_inference=0")
+    proc = run_cli_here("train", "-c", cfg, "--set", f"SYSTEM.model_dir={tmp_path / 'm2'}",
+                        "--set", "TRAINING.allow_missing_modalities=True", "--max_iter", "6",
+                        "--set", "TRAINING.exclude_fraction_for_inference=0")
     assert sid in (tmp_path / "m2" / "dataset_split.csv").read_text()
     rows = list(csv.DictReader(open(tmp_path / "m2" / "metrics.csv")))
     assert all(np.isfinite(float(r["total"])) for r in rows)

@@ -17,10 +17,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.helpers import run_cli_here
 from tests.reliability.helpers import (
     assert_one_line,
     error_lines,
-    run_cli,
     snapshot,
     subject_file,
     tiny_config,
@@ -181,7 +181,7 @@ def test_folder_inference_skips_a_broken_case_and_exits_non_zero(trained, tmp_pa
     broken.write_bytes(broken.read_bytes()[:200])
     cfg = write_config(tmp_path / "tiny.ini", copy, model)
     out = tmp_path / "out"
-    proc = run_cli("inference", "-c", cfg, "-q", "--dataset", "all", "-o", out)
+    proc = run_cli_here("inference", "-c", cfg, "-q", "--dataset", "all", "-o", out, check=False)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert f"wrote outputs for 2 of 3 cases to {out}" in proc.stdout
@@ -204,9 +204,9 @@ def test_single_case_into_an_unwritable_folder_exits_2_with_one_line(trained, tm
     sid = sorted(p.name for p in data.rglob("Brats18_*") if p.is_dir())[0]
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    proc = run_cli("inference", "-c", cfg, "-q", "--t1c", subject_file(data, sid, "T1c"),
-                   "--flair", subject_file(data, sid, "Flair"), "--subject-id", "../../escaped",
-                   "-o", blocker / "out")
+    proc = run_cli_here("inference", "-c", cfg, "-q", "--t1c", subject_file(data, sid, "T1c"),
+                        "--flair", subject_file(data, sid, "Flair"), "--subject-id", "../../escaped",
+                        "-o", blocker / "out", check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
