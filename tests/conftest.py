@@ -8,6 +8,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# The two pytest workers share the machine's two cores: one compute thread per TensorFlow process
+# (the workers and the CLI processes they start) instead of one per core in each, which made the
+# processes of the two workers preempt each other on the tiny test networks.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
