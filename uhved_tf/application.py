@@ -38,6 +38,7 @@ class Application:
         self.convention, file_ending = self._convention()
         self.outputs = Outputs.from_config(cfg, seg_name=self.seg_name_pattern(file_ending))
         self.test_ids: frozenset[str] = frozenset()     # unlabelled imagesTs cases of an msd / nnunet dataset
+        self.incomplete: dict[str, list[str]] = {}      # subjects discover left out -> their missing sections
         self.pipeline_error: UhvedError | None = None   # the first user error of the input pipeline
         self.loaded_checkpoint: dict | None = None      # which weights load_trained_model restored
 
@@ -90,7 +91,7 @@ class Application:
         with a warning and kept in ``self.incomplete`` (id -> sections), for :meth:`split`'s message."""
         cfg = self.cfg
         label = cfg.label_section
-        self.incomplete: dict[str, list[str]] = {}
+        self.incomplete = {}
         if cfg.training.allow_missing_modalities or not need_label:
             required = [label] if (need_label and label) else []
             optional = list(cfg.modalities) + ([label] if (label and not need_label) else [])
@@ -126,7 +127,7 @@ class Application:
         t, md = self.cfg.training, self.model_dir
         check_folder(md.root, "[SYSTEM] model_dir")
         found = {s.id for s in subjects}
-        incomplete = {i: v for i, v in getattr(self, "incomplete", {}).items() if i not in found}
+        incomplete = {i: v for i, v in self.incomplete.items() if i not in found}
         trained = md.has_model() or (md.root.is_dir() and any(md.root.glob(f"*/{md.METADATA}")))  # (--all-subsets)
         split = load_or_create_split([s.id for s in subjects if s.id not in self.test_ids], md.split,
                                      t.exclude_fraction_for_validation, t.exclude_fraction_for_inference,

@@ -161,21 +161,13 @@ def test_metrics_rows_without_a_checkpoint_are_not_overwritten(model, resume):
 
 
 def test_a_float16_step_that_overflows_changes_nothing_and_the_next_one_trains(tmp_path):
-    import keras
     import tensorflow as tf
 
-    from tests.training.helpers import settings
-    from uhved_tf.model.uhved import UHVED
+    from tests.training.helpers import float16_model, settings
     from uhved_tf.training.checkpoint import model_variables
     from uhved_tf.training.trainer import Trainer
 
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16")
-    try:
-        model = UHVED(("a", "b"), 3, base_width=2, levels=2)
-        model({"image": tf.zeros((1, 8, 8, 8, 2)), "modality_mask": tf.ones((1, 2))})
-    finally:
-        keras.config.set_dtype_policy(previous)
+    model = float16_model()
     trainer = Trainer(model, settings(lr=1e-3), tmp_path)
     step = trainer._build_step()
     rng = np.random.default_rng(0)

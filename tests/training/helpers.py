@@ -44,3 +44,17 @@ class ScriptedValidator:
         self.seen.append({k: v.numpy() for k, v in model_variables(model).items()})
         score = self.scores[len(self.seen) - 1]
         return {"score": score, "dice/whole": score}
+
+
+def float16_model():
+    """A tiny U-HVED built under the mixed_float16 policy (the global policy is restored)."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = UHVED(("a", "b"), 3, base_width=2, levels=2)
+        model({"image": tf.zeros((1, 8, 8, 8, 2)), "modality_mask": tf.ones((1, 2))})
+    finally:
+        keras.config.set_dtype_policy(previous)
+    return model

@@ -5,13 +5,11 @@ The whole runs through the CLI are in tests/reliability/test_training_safety.py.
 
 import logging
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.training.helpers import dataset, settings, tiny_model
-from uhved_tf.model.uhved import UHVED
+from tests.training.helpers import dataset, float16_model, settings, tiny_model
 from uhved_tf.model_dir import ModelDir
 from uhved_tf.training.checkpoint import UnrestorableCheckpoint, find_damage, model_checkpoint, model_variables
 from uhved_tf.training.trainer import DynamicLossScale, Trainer
@@ -135,17 +133,6 @@ def test_dynamic_loss_scale_rule():
     assert seen == [(8, 1), (16, 0), (16, 1), (8, 0), (4, 0), (2, 0), (1, 0), (1, 1)]
     ls.update(tf.constant(False))
     assert float(ls.scale.numpy()) == 1.0          # never below 1
-
-
-def float16_model():
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16")
-    try:
-        model = UHVED(("a", "b"), 3, base_width=2, levels=2)
-        model({"image": tf.zeros((1, 8, 8, 8, 2)), "modality_mask": tf.ones((1, 2))})
-    finally:
-        keras.config.set_dtype_policy(previous)
-    return model
 
 
 def test_the_loss_scale_is_checkpointed_and_an_older_float16_checkpoint_still_resumes(tmp_path, rng):
