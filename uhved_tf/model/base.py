@@ -27,6 +27,9 @@ class BaseNetwork(keras.Model):
         self.modalities = tuple(modalities)
         self.num_classes = int(num_classes)
 
+    def build(self, *input_shapes, **named_shapes):
+        """Built by the first call, layer by layer (see ``blocks.Configurable.build``)."""
+
     @classmethod
     def from_settings(cls, modalities, num_classes, network_settings, **extra) -> "BaseNetwork":
         """Build from the typed ``[NETWORK]`` section. Override to read extra keys (given as ``extra``)."""
