@@ -130,10 +130,10 @@ def main():
     def timed(predictor):
         return median_time(lambda: predict_volume(predictor, volume, w, overlap=0.5, batch_size=2), args.repeats)
 
-    one_mean = timed(WindowPredictor(model, masks[-1:], samples=0))
-    all_mean = timed(WindowPredictor(model, masks, samples=0))
-    one_10 = timed(WindowPredictor(model, masks[-1:], samples=10))
-    all_10 = timed(WindowPredictor(model, masks, samples=10))
+    one_mean = timed(WindowPredictor(model, masks[-1:], samples=0, batch_size=2))
+    all_mean = timed(WindowPredictor(model, masks, samples=0, batch_size=2))
+    one_10 = timed(WindowPredictor(model, masks[-1:], samples=10, batch_size=2))
+    all_10 = timed(WindowPredictor(model, masks, samples=10, batch_size=2))
     e, d = network_costs(model, w, 2, args.repeats)
     n = len(masks)
     bound = (e + n * d) / (e + d)

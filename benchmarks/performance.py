@@ -505,8 +505,8 @@ def inference(report, app, model, sizes):
     w = (sizes.train,) * 3
     window_volume = np.random.default_rng(1).normal(size=(*w, len(cfg.modalities))).astype(np.float32)
 
-    def predictor(subsets, samples):
-        return WindowPredictor(model, subsets, samples=samples, seed=cfg.system.seed, tta=inf.tta)
+    def predictor(subsets, samples):            # one window per call, traced with that batch (as inference)
+        return WindowPredictor(model, subsets, samples=samples, seed=cfg.system.seed, tta=inf.tta, batch_size=1)
 
     def one_window(p):
         return median_time(lambda: predict_volume(p, window_volume, w, overlap=inf.window_overlap,
@@ -529,7 +529,7 @@ def inference(report, app, model, sizes):
                   lambda v: v <= 2)
 
     window = tuple(cfg.inference.spatial_window_size)
-    batch_size = max(1, cfg.network.batch_size)
+    batch_size = 1
     case = np.random.default_rng(2).normal(size=(*sizes.case_shape, len(cfg.modalities))).astype(np.float32)
     calls = sampling.calls
     t0 = time.perf_counter()

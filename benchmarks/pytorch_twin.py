@@ -167,6 +167,79 @@ class UHVEDTwin(nn.Module):
         return seg, recon, locs, logvars
 
 
+    @torch.no_grad()
+    def predict(self, image, mask, samples=0, generator=None, synthesis=True):
+        """Inference on windows, as ``uhved_tf.model.uhved.UHVED.predict_from_posteriors``:
+        image [B, M, D, H, W], mask [B, M] bool -> (softmax probabilities [B, K, D, H, W] averaged
+        over ``samples`` posterior samples decoded in one batched call (0: the posterior mean),
+        syntheses [B, M, D, H, W] from the posterior mean or None, entropy [B, 1, D, H, W])."""
+        per_modality = [enc(image[:, i:i + 1]) for i, enc in enumerate(self.encoders)]
+        locs, stds = [], []
+        for k in range(len(per_modality[0])):
+            feats = torch.stack([p[k] for p in per_modality], dim=1)
+            mu, lv = feats.chunk(2, dim=2)
+            loc, logvar = product_of_gaussians(mu, lv.clamp(-LOGVAR_CLIP, LOGVAR_CLIP), mask)
+            locs.append(loc)
+            stds.append(torch.exp(0.5 * logvar))
+        if samples:
+            zs = [(loc.unsqueeze(0) + std.unsqueeze(0) * torch.randn((samples, *loc.shape), generator=generator,
+                                                                     dtype=loc.dtype)).flatten(0, 1)
+                  for loc, std in zip(locs, stds)]
+            prob = torch.softmax(self.seg_decoder(zs), dim=1)
+            prob = prob.view(samples, -1, *prob.shape[1:]).mean(0)
+        else:
+            prob = torch.softmax(self.seg_decoder(locs), dim=1)
+        synth = torch.cat([dec(locs) for dec in self.image_decoders], dim=1) if synthesis else None
+        entropy = -(prob * torch.log(prob.clamp_min(1e-12))).sum(1, keepdim=True)
+        return prob, synth, entropy
+
+
+def keras_weight_names(model, modalities):
+    """``{torch parameter name: Keras weight path}`` of ``uhved_tf.model.uhved.UHVED`` (paths as
+    ``weight.path`` without the model's name): the same layers under the Keras model's names."""
+    names = {}
+
+    def block(torch_prefix, keras_prefix, n_units):
+        for j in range(n_units):
+            names[f"{torch_prefix}.norms.{j}.weight"] = f"{keras_prefix}/in_{j}/gamma"
+            names[f"{torch_prefix}.norms.{j}.bias"] = f"{keras_prefix}/in_{j}/beta"
+            names[f"{torch_prefix}.convs.{j}.weight"] = f"{keras_prefix}/conv_{j}/kernel"
+            names[f"{torch_prefix}.convs.{j}.bias"] = f"{keras_prefix}/conv_{j}/bias"
+
+    for i, enc in enumerate(model.encoders):
+        names[f"encoders.{i}.stem.weight"] = f"encoders/encoder_{i}/conv_0/kernel"
+        names[f"encoders.{i}.stem.bias"] = f"encoders/encoder_{i}/conv_0/bias"
+        for k, b in enumerate(enc.blocks):
+            block(f"encoders.{i}.blocks.{k}", f"encoders/encoder_{i}/block_{k + 1}", len(b.convs))
+    decoders = [("seg_decoder", model.seg_decoder, "decoder_seg")]
+    decoders += [(f"image_decoders.{i}", d, f"decoder_{m}") for i, (d, m) in enumerate(zip(model.image_decoders,
+                                                                                           modalities))]
+    for prefix, dec, keras in decoders:
+        for k, b in enumerate(dec.blocks):
+            block(f"{prefix}.blocks.{k}", f"{keras}/block_{k + 1}", len(b.convs))
+        names[f"{prefix}.head.weight"] = f"{keras}/final_conv/kernel"
+        names[f"{prefix}.head.bias"] = f"{keras}/final_conv/bias"
+    return names
+
+
+def load_keras_weights(model, arrays, modalities):
+    """Copy the weights of a Keras U-HVED (``arrays``: ``{path: ndarray}``) into ``model``; conv
+    kernels [kd, kh, kw, in, out] become [out, in, kd, kh, kw]. Every parameter must be given."""
+    names = keras_weight_names(model, modalities)
+    state = model.state_dict()
+    missing = sorted(set(state) - set(names))
+    if missing:
+        raise KeyError(f"no Keras weight for {missing[:3]}")
+    for name, path in names.items():
+        value = np.asarray(arrays[path], np.float32)
+        if value.ndim == 5:
+            value = value.transpose(4, 3, 0, 1, 2)
+        if tuple(value.shape) != tuple(state[name].shape):
+            raise ValueError(f"{path}: shape {value.shape}, expected {tuple(state[name].shape)} for {name}")
+        state[name] = torch.from_numpy(np.ascontiguousarray(value))
+    model.load_state_dict(state)
+
+
 def losses(model, seg, recon, locs, logvars, image, labels, num_classes, weight_decay=WEIGHT_DECAY):
     prob = torch.softmax(seg, dim=1)
     onehot = F.one_hot(labels, num_classes).permute(0, 4, 1, 2, 3).to(prob.dtype)

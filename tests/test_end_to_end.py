@@ -11,6 +11,7 @@ TensorFlow import of their own."""
 from __future__ import annotations
 
 import csv
+import re
 
 import nibabel as nib
 import numpy as np
@@ -162,8 +163,14 @@ def test_inference_of_several_subsets_writes_one_folder_each(trained, tmp_path):
     assert len(folders) == 15 and "T1c+Flair" in folders and "T1+T1c+T2+Flair" in folders
     assert all((tmp_path / "all" / f / f"{sid}_seg.nii.gz").exists() for f in folders)
     # The CLI's main in this process from here on: a list of subsets, then two refusals.
-    run_cli_here("inference", "-c", cfg, *flags, "--modalities", "T1c,Flair;T2", "-o", tmp_path / "two", "-q")
+    proc = run_cli_here("inference", "-c", cfg, *flags, "--modalities", "T1c,Flair;T2", "-o", tmp_path / "two",
+                        "--set", "INFERENCE.save_synthesis=False", "--set", "INFERENCE.save_uncertainty=False")
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["T1c+Flair", "T2"]
+    # Outputs not asked for are not written (nor computed: tests/inference/test_predictor.py).
+    assert sorted(p.name for p in (tmp_path / "two" / "T2").iterdir()) == [f"{sid}_seg.nii.gz"]
+    line = next(x for x in proc.stderr.splitlines() if "time to first prediction" in x)
+    assert re.search(r"time to first prediction [\d.]+ s \(start-up and imports [\d.]+ s, model [\d.]+ s, "
+                     r"trace, case loading and first window [\d.]+ s\)", line), line
     # An empty subset is refused (it used to run with all four modalities).
     proc = run_cli_here("inference", "-c", cfg, *flags, "--modalities", "", "-o", tmp_path / "none", check=False)
     assert proc.returncode == 2 and "no modality subset" in proc.stderr and not (tmp_path / "none").exists()

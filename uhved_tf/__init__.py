@@ -3,7 +3,12 @@
 Importing this package has no side effects: no seeding, no logging handlers, no environment changes.
 """
 
+import time as _time
+
 __version__ = "0.1.0"
+
+IMPORTED_AT = _time.perf_counter()
+"""When the package was first imported: the start of a CLI run, for its time-to-first-prediction line."""
 
 __all__ = ["Predictor", "Trainer", "__version__"]
 

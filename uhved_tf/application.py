@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uhved_tf import __version__
+from uhved_tf import IMPORTED_AT, __version__
 from uhved_tf.config import Config
 from uhved_tf.data.cases import Case, PreprocessSettings, load_case
 from uhved_tf.convention import Convention
@@ -453,17 +453,34 @@ class Application:
         from uhved_tf.evaluation.metrics import volumes_ml
         from uhved_tf.training.progress import Progress, window_progress
 
+        started = time.perf_counter()
         predict = self.predictor(self.load_trained_model())
+        loaded = time.perf_counter()
         settings = self.preprocess_settings()
         subsets = [Subset(s, self.cfg.modalities) for s in subsets]
         out_dir = Path(out_dir)
         failed = {}
         bar = Progress(len(subjects), desc="inference", enabled=progress)
+        first = []
+
+        def on_windows(case_id):
+            bar_update = window_progress(case_id) if progress else None
+
+            def update(done, total):
+                if not first:     # the first window batch of the run: the time a user waits for it
+                    first.append(time.perf_counter())
+                    log.info("time to first prediction %.2f s (start-up and imports %.2f s, model %.2f s, trace, "
+                             "case loading and first window %.2f s)", first[0] - IMPORTED_AT,
+                             started - IMPORTED_AT, loaded - started, first[0] - loaded)
+                if bar_update is not None:
+                    bar_update(done, total)
+            return update
+
         for subject in subjects:
             t0 = time.perf_counter()
             try:
                 case = self.load_case(subject, settings, with_label=False)
-                results = predict(case, subsets, progress=window_progress(case.id) if progress else None)
+                results = predict(case, subsets, progress=on_windows(case.id))
                 for subset, res in zip(subsets, results):
                     self.outputs.write(case, res, out_dir if len(subsets) == 1 else out_dir / subset.name,
                                        overwrite=overwrite)

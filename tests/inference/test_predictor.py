@@ -56,3 +56,39 @@ def test_tta_averages_the_mirrored_predictions(model):
             expected[s] += (np.flip(r["seg_prob"], axis=flip) if flip else r["seg_prob"]) / len(TTA_FLIPS)
     for s in range(2):
         np.testing.assert_allclose(tta[s]["seg_prob"], expected[s], rtol=1e-5, atol=1e-6)
+
+
+def test_a_static_batch_with_a_padded_last_batch_gives_the_dynamic_batch_outputs(model, volume):
+    """batch_size fixes the traced batch (fused instance norms); the last, shorter batch is padded.
+    (The posterior mean: with samples, the padded batch draws its noise for 3 windows, not 2.)"""
+    mask = subset_masks(4)[[2, 14]]
+    dynamic = predict_volume(WindowPredictor(model, mask, samples=0, seed=3), volume, (8, 8, 8), batch_size=3)
+    static_predictor = WindowPredictor(model, mask, samples=0, seed=3, batch_size=3)
+    static = predict_volume(static_predictor, volume, (8, 8, 8), batch_size=3)
+    assert static_predictor.calls == 3                           # 8 windows: 3 + 3 + 2 (padded)
+    for s in range(2):
+        for key in ("seg_prob", "synth", "uncertainty"):
+            np.testing.assert_allclose(static[s][key], dynamic[s][key], rtol=1e-4, atol=2e-5)
+    with pytest.raises(ValueError, match="at most 3"):
+        static_predictor(np.zeros((4, 8, 8, 8, 4), np.float32))
+
+
+def test_outputs_not_asked_for_are_not_computed(model, volume):
+    mask = subset_masks(4)[-1:]
+    full = predict_volume(WindowPredictor(model, mask, samples=0), volume, (8, 8, 8))[0]
+    seg_only = predict_volume(WindowPredictor(model, mask, samples=0, outputs=()), volume, (8, 8, 8))[0]
+    assert set(full) == {"seg_prob", "synth", "uncertainty"} and set(seg_only) == {"seg_prob"}
+    np.testing.assert_allclose(seg_only["seg_prob"], full["seg_prob"], rtol=1e-6, atol=1e-7)
+
+
+def test_voxels_outside_the_brain_box_are_background(model):
+    vol = np.zeros((30, 12, 12, 4), np.float32)
+    vol[2:10, 2:10, 2:10] = np.random.default_rng(5).normal(size=(8, 8, 8, 4))
+    predictor = WindowPredictor(model, subset_masks(4)[-1:], samples=0)
+    res = predict_volume(predictor, vol, (8, 8, 8), overlap=0.5)[0]
+    assert predictor.calls == 1                                  # one window on the 8^3 brain, not 7 on 30x12x12
+    outside = np.ones(vol.shape[:3], bool)
+    outside[:10] = False
+    np.testing.assert_array_equal(res["seg_prob"][outside], [[1.0, 0, 0, 0]] * int(outside.sum()))
+    assert not res["synth"][outside].any() and not res["uncertainty"][outside].any()
+    np.testing.assert_allclose(res["seg_prob"][:8].sum(-1), 1.0, rtol=1e-5)

@@ -723,7 +723,7 @@ INFERENCE_KEYS: tuple[Key, ...] = (
     K("output_interp_order", Int(0, 3), 0, "Spline order used to resample outputs back to the input grid", used=False, note='segmentations are resampled with order 0, images with order 1'),
     K("dataset_to_infer", Choice("", "all", "training", "validation", "inference"), "",
       "Subjects to infer: empty = the inference split if any else all, or all/training/validation/inference"),
-    K("fill_constant", Float(), 0.0, "Value of output voxels not covered by any window", used=False, note='every voxel is covered by a window'),
+    K("fill_constant", Float(), 0.0, "Value of output voxels not covered by any window", used=False, note='voxels outside the bounding box of the brain that no window reaches are background (0 in images)'),
     K("samples", Int(lo=0), 10,
       "Posterior samples averaged for the segmentation (0 = decode the posterior mean)"),
     K("modalities", _STR_ARRAY, (),
@@ -734,6 +734,9 @@ INFERENCE_KEYS: tuple[Key, ...] = (
     K("output_prob", Bool(), False,
       "Write class probabilities as well as the label map ([MULTIMODAL] output_prob = True also turns it on)"),
     K("save_uncertainty", Bool(), True, "Write the per-voxel uncertainty of the posterior samples"),
+    K("save_synthesis", Bool(), True,
+      "Synthesise every modality and write the images (False: the image decoders do not run, and evaluate "
+      "reports no synthesis scores)"),
 )
 
 EVALUATION_KEYS: tuple[Key, ...] = (

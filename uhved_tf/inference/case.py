@@ -49,7 +49,11 @@ class CasePredictor:
         masks = np.stack(masks).astype(np.float32)
         key = (masks.tobytes(), samples)
         if key not in self._cache:
-            self._cache[key] = WindowPredictor(self.model, masks, samples=samples, seed=self.seed, tta=inf.tta)
+            outputs = ("synth",) * inf.save_synthesis + ("uncertainty",) * inf.save_uncertainty
+            self._cache[key] = WindowPredictor(self.model, masks, samples=samples, seed=self.seed, tta=inf.tta,
+                                               outputs=outputs, batch_size=self.batch_size)
+        # Windows planned on the brain's bounding box (predict_volume's cover), not on the crop
+        # with its margin.
         return predict_volume(self._cache[key], case.image, self.window, overlap=inf.window_overlap,
                               blend_mode=inf.blend_mode, border=tuple(inf.border), batch_size=self.batch_size,
                               progress=progress)

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import tensorflow as tf
 
-from uhved_tf.inference.sliding_window import axis_pads, axis_starts, blending_weights, window_steps
+from uhved_tf.inference.sliding_window import axis_pads, axis_starts, blending_weights, cover_starts, window_steps
 from uhved_tf.model.base import entropy
 
 #: Test-time augmentation: every combination of mirroring the three spatial axes (nnU-Net's).
@@ -41,7 +41,8 @@ def sample_seed(seed, call, code, flip: int = 0):
     return seed, call * 4096 + code * 16 + flip
 
 
-def predict_window_batch(model, windows, masks, seed, call, samples: int = 0, flips=((),)) -> dict:
+def predict_window_batch(model, windows, masks, seed, call, samples: int = 0, flips=((),),
+                         outputs=("synth", "uncertainty")) -> dict:
     """One batch of windows for ``S`` subsets, encoding each (mirrored) window once.
 
     Args:
@@ -51,6 +52,8 @@ def predict_window_batch(model, windows, masks, seed, call, samples: int = 0, fl
         seed, call: int64 scalars (see :func:`sample_seed`).
         samples: posterior samples averaged for the segmentation (0 = the posterior mean).
         flips: :data:`TTA_FLIPS` (test-time augmentation) or ``((),)``.
+        outputs: which of ``synth`` and ``uncertainty`` to compute besides ``seg_prob`` (no
+            synthesis: the image decoders do not run).
 
     Returns:
         ``seg_prob`` [S, N, d, h, w, K], ``synth`` [S, N, d, h, w, M] (networks that synthesise)
@@ -58,11 +61,12 @@ def predict_window_batch(model, windows, masks, seed, call, samples: int = 0, fl
         ``flips``, the uncertainty being the entropy of the averaged probabilities. Networks
         without ``encode`` / ``predict_from_posteriors`` run ``predict_windows`` per subset.
     """
-    keys = ("seg_prob", "synth") if getattr(model, "synthesises", False) else ("seg_prob",)
+    synthesis = getattr(model, "synthesises", False) and "synth" in outputs
+    keys = ("seg_prob", "synth") if synthesis else ("seg_prob",)
     encode_once = hasattr(model, "encode") and hasattr(model, "predict_from_posteriors")
     seed, call = tf.cast(seed, tf.int64), tf.cast(call, tf.int64)
     codes = subset_code(masks[:, 0])
-    outputs = {}
+    wanted, result = outputs, {}
     weight = 1.0 / len(flips)
     for f_index, flip in enumerate(flips):
         axes = [a + 1 for a in flip]
@@ -72,7 +76,8 @@ def predict_window_batch(model, windows, masks, seed, call, samples: int = 0, fl
         def subset(mask, code, x=x, encodings=encodings, f_index=f_index):
             sub_seed = tf.stack(sample_seed(seed, call, code, f_index))
             if encode_once:
-                out = model.predict_from_posteriors(model.fuse(encodings, mask), samples, sub_seed)
+                out = model.predict_from_posteriors(model.fuse(encodings, mask), samples, sub_seed,
+                                                    **({} if synthesis else {"synthesis": False}))
             else:
                 out = model.predict_windows(x, mask, samples, sub_seed)
             return {k: tf.cast(out[k], tf.float32) for k in keys}
@@ -86,15 +91,18 @@ def predict_window_batch(model, windows, masks, seed, call, samples: int = 0, fl
                                 fn_output_signature={k: tf.TensorSpec(None, tf.float32) for k in keys})
         for k, v in stacked.items():
             v = tf.reverse(v, axis=[a + 1 for a in axes]) if axes else v
-            outputs[k] = outputs[k] + weight * v if k in outputs else weight * v
-    outputs["uncertainty"] = entropy(outputs["seg_prob"])[..., None]
-    return outputs
+            result[k] = result[k] + weight * v if k in result else weight * v
+    if "uncertainty" in wanted:
+        result["uncertainty"] = entropy(result["seg_prob"])[..., None]
+    return result
 
 
 def sliding_window_graph(image, window, predict, channels: int, *, overlap=0.5, blend_mode="gaussian",
-                         border=(0, 0, 0), batch_size: int = 1, sigma_scale: float = 0.125):
-    """:func:`~uhved_tf.inference.sliding_window.sliding_window_inference` as TF ops (one graph,
-    any volume size; the arguments are checked by the caller).
+                         border=(0, 0, 0), batch_size: int = 1, sigma_scale: float = 0.125, background=0):
+    """:func:`~uhved_tf.inference.predictor.predict_volume` 's sliding window as TF ops (one graph,
+    any volume size; the arguments are checked by the caller): windows planned on the bounding box
+    of the non-zero voxels (the brain); voxels no window reaches get 1 in channel ``background``
+    (the background class's probability) and 0 elsewhere.
 
     ``image`` [D, H, W, M] float32; ``predict(windows [n, *window, M], k)`` -> [n, *window,
     channels] for window batch ``k`` (``batch_size`` windows, the last one fewer, C order).
@@ -106,7 +114,16 @@ def sliding_window_graph(image, window, predict, channels: int, *, overlap=0.5, 
     padded = tf.pad(image, tf.concat([pads, [[0, 0]]], 0))
     padded_shape = tf.shape(padded)[:3]
     steps = window_steps(window, overlap, border)
-    starts = [axis_starts(padded_shape[a], window[a], steps[a], _TF) for a in range(3)]
+    inside = tf.cast(tf.where(tf.reduce_any(tf.not_equal(image, 0.0), axis=-1)), tf.int32)
+    found = tf.shape(inside)[0] > 0
+    lo = tf.where(found, tf.reduce_min(inside, axis=0), tf.zeros([3], tf.int32))
+    hi = tf.where(found, tf.reduce_max(inside, axis=0) + 1, spatial)
+    starts = []
+    for a in range(3):              # sliding_window.plan_starts: the box's windows only when fewer
+        box = cover_starts(lo[a] + pads[a, 0] - border[a], hi[a] + pads[a, 0] + border[a], padded_shape[a],
+                           window[a], steps[a], _TF)
+        whole = axis_starts(padded_shape[a], window[a], steps[a], _TF)
+        starts.append(tf.cond(tf.size(box) < tf.size(whole), lambda box=box: box, lambda whole=whole: whole))
     positions = tf.reshape(tf.stack(tf.meshgrid(*starts, indexing="ij"), axis=-1), [-1, 3])  # C order
     total = tf.shape(positions)[0]
     window_size = [*window, image.shape[-1]]
@@ -132,4 +149,6 @@ def sliding_window_graph(image, window, predict, channels: int, *, overlap=0.5, 
     _, acc = tf.while_loop(lambda k, _: k < (total + batch_size - 1) // batch_size, body, (tf.constant(0), acc),
                            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None, None, channels + 1])))
     acc = tf.slice(acc, tf.concat([pads[:, 0], [0]], 0), tf.concat([spatial, [-1]], 0))
-    return acc[..., :channels] / acc[..., channels:]
+    total_weight = acc[..., channels:]
+    fill = tf.one_hot(background, channels) * tf.cast(tf.equal(total_weight, 0.0), tf.float32)
+    return tf.math.divide_no_nan(acc[..., :channels], total_weight) + fill

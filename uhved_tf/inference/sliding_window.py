@@ -13,7 +13,11 @@ Geometry, per spatial axis of size ``n``, window ``w`` and border ``b``:
    smaller than the window, symmetrically up to ``w`` (:func:`axis_pads`).
 2. Window starts (:func:`window_starts`) tile the padded axis with step
    ``max(1, int((w - 2b) * (1 - overlap)))`` (:func:`window_steps`); the last window is flush with
-   the end.
+   the end. With ``cover`` (e.g. the brain's bounding box, :func:`nonzero_box`), an axis on which
+   fewer windows cover that box grown by the border than the whole axis is tiled on the box
+   (:func:`plan_starts`, :func:`cover_starts`): a box shorter than the window gets one window
+   centred on it, so a 140-voxel brain axis in a 148-voxel crop costs one 144-voxel window, not
+   two. Voxels outside every window's valid region get 0 in every output.
 3. NiftyNet's ``border``: the outer ``b`` voxels on each side of each window's output are
    discarded (weight 0, :func:`blending_weights`). Because of the padding in (1) and because the
    step is computed from the valid width ``w - 2b``, every real voxel lies in the valid (non-border)
@@ -45,7 +49,8 @@ MIN_GAUSSIAN_WEIGHT = 1e-3
 """Floor of the Gaussian weights (relative to their maximum 1) inside a window's valid region, so no
 voxel of a window's valid output is ignored and the weighted average is defined everywhere."""
 
-__all__ = ["BLEND_MODES", "axis_pads", "axis_starts", "multiple_pads", "window_steps", "window_starts",
+__all__ = ["BLEND_MODES", "axis_pads", "axis_starts", "cover_starts", "plan_starts", "nonzero_box", "multiple_pads", "window_steps",
+           "window_starts",
            "grid_positions", "blending_weights", "pad_to_multiple", "sliding_window_inference"]
 
 
@@ -109,6 +114,33 @@ def axis_pads(size, window: int, border: int, xp=np):
     ``window`` (geometry step 1)."""
     extra = xp.maximum(0, window - (size + 2 * border))
     return border + extra // 2, border + extra - extra // 2
+
+
+def cover_starts(lo, hi, size, window: int, step: int, xp=np):
+    """Window starts on an axis of length ``size`` (>= ``window``) that cover ``[lo, hi)``:
+    :func:`axis_starts` of the box, or, for a box shorter than the window, one window centred on it
+    (kept inside the axis). ``lo = 0, hi = size`` gives :func:`axis_starts`."""
+    extra = xp.maximum(0, window - (hi - lo))
+    first = xp.minimum(xp.maximum(lo - extra // 2, 0), size - (hi - lo + extra))
+    return first + axis_starts(hi - lo + extra, window, step, xp)
+
+
+def plan_starts(lo, hi, size: int, window: int, step: int) -> list[int]:
+    """The window starts of one axis: those covering the box ``[lo, hi)`` when they are fewer than
+    those tiling the whole axis, else the whole axis's (MONAI's and nnU-Net's positions), so the
+    box only ever removes windows."""
+    box, whole = cover_starts(lo, hi, size, window, step), axis_starts(size, window, step)
+    return (box if len(box) < len(whole) else whole).tolist()
+
+
+def nonzero_box(volume: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """``((lo, hi),) * 3``: the bounding box of the voxels of ``volume`` [D, H, W, C] that are
+    non-zero in any channel (the brain, in a whitened case), or the whole volume when there is none."""
+    inside = np.any(np.asarray(volume) != 0, axis=-1)
+    axes = [np.flatnonzero(np.any(inside, axis=tuple(a for a in range(3) if a != k))) for k in range(3)]
+    if any(len(a) == 0 for a in axes):
+        return tuple((0, n) for n in inside.shape)
+    return tuple((int(a[0]), int(a[-1]) + 1) for a in axes)
 
 
 def multiple_pads(size, multiple):
@@ -221,7 +253,8 @@ def sliding_window_inference(volume: np.ndarray, window: Sequence[int] | int,
                              blend_mode: str = "gaussian", border: Sequence[int] | int = (0, 0, 0),
                              batch_size: int = 1, pad_value: float = 0.0,
                              progress: Callable[[int, int], None] | None = None,
-                             sigma_scale: float = 0.125) -> dict[str, np.ndarray]:
+                             sigma_scale: float = 0.125,
+                             cover: Sequence[tuple[int, int]] | None = None) -> dict[str, np.ndarray]:
     """Predict a whole volume window by window and blend the overlapping window outputs.
 
     Args:
@@ -236,6 +269,8 @@ def sliding_window_inference(volume: np.ndarray, window: Sequence[int] | int,
         pad_value: constant used to pad the volume (border margin and volumes smaller than the window).
         progress: called as ``progress(done_windows, total_windows)`` after each batch.
         sigma_scale: Gaussian sigma relative to the valid window width (see :func:`blending_weights`).
+        cover: ``((lo, hi),) * 3``, the box of the volume the windows must cover (e.g.
+            :func:`nonzero_box`); outside it, outputs are 0 where no window reaches. None: all.
 
     Returns:
         ``{name: [D, H, W, K_name]}`` float32, one entry per predictor output.
@@ -262,8 +297,14 @@ def sliding_window_inference(volume: np.ndarray, window: Sequence[int] | int,
     padded_shape = padded.shape[:3]
     crop = tuple(slice(before, before + n) for (before, _), n in zip(pads, spatial))
 
-    # 2. grid and total weight per voxel
-    positions = grid_positions(padded_shape, window3, overlap, border3)
+    # 2. grid (over the cover box grown by the border, in padded coordinates) and total weight per voxel
+    cover = [(0, n) for n in spatial] if cover is None else [(int(lo), int(hi)) for lo, hi in cover]
+    if len(cover) != 3 or not all(0 <= lo < hi <= n for (lo, hi), n in zip(cover, spatial)):
+        raise ValueError(f"cover must be 3 (lo, hi) ranges inside the volume {spatial}; got {cover!r}")
+    steps = window_steps(window3, overlap, border3)
+    per_axis = [plan_starts(lo + before - b, hi + before + b, n, w, step)
+                for (lo, hi), (before, _), b, n, w, step in zip(cover, pads, border3, padded_shape, window3, steps)]
+    positions = [tuple(p) for p in product(*per_axis)]
     total = len(positions)
     logger.debug("sliding window: volume %s padded to %s, window %s, border %s, overlap %.3f -> %d windows",
                  spatial, padded_shape, window3, border3, overlap, total)
@@ -275,8 +316,9 @@ def sliding_window_inference(volume: np.ndarray, window: Sequence[int] | int,
     for start in positions:
         weight_sum[window_slices(start)] += weights
     weight_crop = weight_sum[crop]
-    if not np.all(weight_crop > 0):  # guaranteed by the padding and the step; a failure here is a bug
-        raise RuntimeError(f"internal error: {int(np.sum(weight_crop <= 0))} voxels not covered by any window's "
+    covered = weight_crop[tuple(slice(lo, hi) for lo, hi in cover)]
+    if not np.all(covered > 0):  # guaranteed by the padding and the step; a failure here is a bug
+        raise RuntimeError(f"internal error: {int(np.sum(covered <= 0))} voxels not covered by any window's "
                            f"valid region")
 
     # 3. predict and accumulate
@@ -297,4 +339,6 @@ def sliding_window_inference(volume: np.ndarray, window: Sequence[int] | int,
             progress(first + len(batch_positions), total)
 
     # 4. normalise and crop back
-    return {key: np.divide(acc[crop], weight_crop[..., None], dtype=np.float32) for key, acc in accumulators.items()}
+    weight_crop = weight_crop[..., None]
+    return {key: np.divide(acc[crop], weight_crop, out=np.zeros(acc[crop].shape, np.float32), where=weight_crop > 0)
+            for key, acc in accumulators.items()}

@@ -74,7 +74,9 @@ class UHVED(Configurable, BaseNetwork):
         qs = [(posterior_distribution(loc, logvar), loc, s) for (loc, logvar), s in zip(posteriors, seeds)]
         if num_samples is None:
             return [q.sample(seed=s) for q, _, s in qs]
-        return [tf.reshape(q.sample(num_samples, seed=s), tf.concat([[-1], tf.shape(loc)[1:]], axis=0))
+        # The static batch (samples x windows) is kept, so the decoder's norms can use the fused kernel.
+        return [tf.ensure_shape(tf.reshape(q.sample(num_samples, seed=s), tf.concat([[-1], tf.shape(loc)[1:]], axis=0)),
+                                [None if loc.shape[0] is None else num_samples * loc.shape[0], *loc.shape[1:]])
                 for q, loc, s in qs]
 
     def decode_seg(self, zs):
@@ -104,11 +106,12 @@ class UHVED(Configurable, BaseNetwork):
             "expert_logvar": [logvar for _, logvar in encodings],
         }
 
-    def predict_from_posteriors(self, posteriors, samples: int = 0, seed=None):
+    def predict_from_posteriors(self, posteriors, samples: int = 0, seed=None, synthesis: bool = True):
         """Segmentation from ``samples`` posterior samples (averaged softmax; 0 = the posterior
-        mean) and synthesis of every modality from the posterior mean."""
+        mean) and synthesis of every modality from the posterior mean (``synthesis=False``: no
+        synthesis, the four image decoders do not run)."""
         means = [loc for loc, _ in posteriors]
-        synth = self.decode_images(means)
+        out = {"synth": self.decode_images(means)} if synthesis else {}
         if samples and samples > 0:
             seed = tf.constant([0, 0], tf.int32) if seed is None else seed
             prob = tf.nn.softmax(self.decode_seg(self.sample(posteriors, seed, num_samples=samples)), axis=-1)
@@ -116,7 +119,7 @@ class UHVED(Configurable, BaseNetwork):
             prob = tf.reduce_mean(tf.reshape(prob, shape), axis=0)
         else:
             prob = tf.nn.softmax(self.decode_seg(means), axis=-1)
-        return {"seg_prob": prob, "synth": synth, "uncertainty": entropy(prob)}
+        return {"seg_prob": prob, **out, "uncertainty": entropy(prob)}
 
     def predict_windows(self, image, modality_mask, samples: int = 0, seed=None):
         return self.predict_from_posteriors(self.fuse(self.encode(image), modality_mask), samples, seed)
