@@ -20,6 +20,26 @@ def test_tf_window_starts_equal_the_numpy_ones():
         assert axis_starts(tf.constant(n), w, step, _TF).numpy().tolist() == window_starts(n, w, step)
 
 
+def counting_predictor():
+    """A NumPy window predictor whose last output channel is its call index (so batching and
+    order show in the result), and the list of its calls."""
+    calls = []
+
+    def predict(windows):
+        calls.append(None)
+        return {"out": np.concatenate([windows * 0.5, np.full_like(windows[..., :1], len(calls) - 1)], -1)}
+    return predict, calls
+
+
+def graph_sliding_window(window, **options):
+    """The in-graph sliding window with the TF twin of :func:`counting_predictor`."""
+    def predict(windows, k):
+        return tf.concat([windows * 0.5, tf.fill(tf.shape(windows[..., :1]), tf.cast(k, tf.float32))], -1)
+
+    return tf.function(lambda image: sliding_window_graph(image, window, predict, 3, **options),
+                       input_signature=[tf.TensorSpec([None, None, None, 2], tf.float32)], autograph=False)
+
+
 @pytest.mark.parametrize("shape, window, overlap, mode, border, batch", [
     ((12, 10, 9), (8, 8, 8), 0.5, "gaussian", (0, 0, 0), 1),
     ((11, 6, 5), (8, 8, 8), 0.5, "gaussian", (0, 0, 0), 2),      # smaller than the window
@@ -29,21 +49,9 @@ def test_tf_window_starts_equal_the_numpy_ones():
 def test_graph_sliding_window_equals_the_numpy_one(shape, window, overlap, mode, border, batch):
     """Outputs depend on the window batch index, so the batching and the order must agree too."""
     volume = np.random.default_rng(0).normal(size=(*shape, 2)).astype(np.float32)
-    calls = []
-
-    def numpy_predictor(windows):
-        calls.append(None)
-        return {"out": np.concatenate([windows * 0.5, np.full_like(windows[..., :1], len(calls) - 1)], -1)}
-
-    ref = sliding_window_inference(volume, window, numpy_predictor, overlap=overlap, blend_mode=mode, border=border,
-                                   batch_size=batch)["out"]
-
-    def predict(windows, k):
-        return tf.concat([windows * 0.5, tf.fill(tf.shape(windows[..., :1]), tf.cast(k, tf.float32))], -1)
-
-    graph = tf.function(lambda image: sliding_window_graph(image, window, predict, 3, overlap=overlap,
-                                                           blend_mode=mode, border=border, batch_size=batch),
-                        input_signature=[tf.TensorSpec([None, None, None, 2], tf.float32)], autograph=False)
+    ref = sliding_window_inference(volume, window, counting_predictor()[0], overlap=overlap, blend_mode=mode,
+                                   border=border, batch_size=batch)["out"]
+    graph = graph_sliding_window(window, overlap=overlap, blend_mode=mode, border=border, batch_size=batch)
     got = graph(tf.constant(volume)).numpy()
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
@@ -64,12 +72,7 @@ def test_windows_planned_on_the_brain_box_agree_between_numpy_and_graph(shape, b
     box = tuple(slice(lo, hi) for lo, hi in brain)
     volume[box] = rng.normal(size=volume[box].shape) + 3.0
     assert nonzero_box(volume) == brain
-    calls = []
-
-    def numpy_predictor(windows):
-        calls.append(None)
-        return {"out": np.concatenate([windows * 0.5, np.full_like(windows[..., :1], len(calls) - 1)], -1)}
-
+    numpy_predictor, calls = counting_predictor()
     ref = sliding_window_inference(volume, window, numpy_predictor, overlap=overlap, border=border, batch_size=batch,
                                    cover=brain)["out"]
     with_box = len(calls)
@@ -82,13 +85,7 @@ def test_windows_planned_on_the_brain_box_agree_between_numpy_and_graph(shape, b
     assert reached[box].all()                                        # every brain voxel predicted
     np.testing.assert_allclose(ref[box][..., :2], whole[box][..., :2], rtol=1e-5, atol=1e-5)
     assert np.all(ref[~reached] == 0)
-
-    def predict(windows, k):
-        return tf.concat([windows * 0.5, tf.fill(tf.shape(windows[..., :1]), tf.cast(k, tf.float32))], -1)
-
-    graph = tf.function(lambda image: sliding_window_graph(image, window, predict, 3, overlap=overlap, border=border,
-                                                           batch_size=batch, background=2),
-                        input_signature=[tf.TensorSpec([None, None, None, 2], tf.float32)], autograph=False)
+    graph = graph_sliding_window(window, overlap=overlap, border=border, batch_size=batch, background=2)
     got = graph(tf.constant(volume)).numpy()
     np.testing.assert_allclose(got[reached], ref[reached], rtol=1e-6, atol=1e-6)
     assert np.all(got[~reached] == [0, 0, 1])                       # the background channel
