@@ -84,6 +84,7 @@ def worker_ours(args):
     import uhved_tf.io.nifti as nifti
     from uhved_tf.application import Application
     from uhved_tf.inference.predictor import WindowPredictor
+    from uhved_tf.inference.sliding_window import nonzero_box
     from uhved_tf.subset import Subset
     from uhved_tf.zoo import config_for_model_dir
 
@@ -151,21 +152,13 @@ def worker_ours(args):
         t2 = time.perf_counter()
         app.outputs.write(case, result, out, overwrite=True)
         t3 = time.perf_counter()
-        box = brain_box_shape(case)
+        box = [hi - lo for lo, hi in nonzero_box(case.image)]     # the brain's bounding box
         emit(total=t3 - t0, load=t1 - t0, network=clock["network"], encoders=clock["network"] * e / (e + d),
              decoders=clock["network"] * d / (e + d), blending=(t2 - t1) - clock["network"],
              resample=clock["resample"], write=(t3 - t2) - clock["resample"], windows=clock["windows"],
              computed=clock["windows"] * w ** 3, bbox=int(np.prod(box)), box=box, working=list(case.image.shape[:3]),
              e_ms=e * 1000, d_ms=d * 1000, rss=peak_rss_bytes())
     emit(done=True, rss=peak_rss_bytes())
-
-
-def brain_box_shape(case):
-    """Shape of the bounding box of the case's non-zero voxels (without the crop margin)."""
-    import numpy as np
-    brain = np.any(case.image != 0, axis=-1)
-    idx = np.nonzero(brain)
-    return [int(i.max() - i.min() + 1) for i in idx]
 
 
 # --- worker: MONAI twin -----------------------------------------------------------------------------
@@ -305,9 +298,9 @@ def time_to_first_prediction(args, tmp) -> dict:
     data = tmp / "small"
     make_demo_dataset(data, n_subjects=1, shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0), seed=1)
     files = case_files(data, "Brats18_Demo_HGG_001")
-    cmd = [str(Path(sys.executable).with_name("uhved_tf")) if Path(sys.executable).with_name("uhved_tf").exists()
-           else sys.executable, *([] if Path(sys.executable).with_name("uhved_tf").exists() else ["-m", "uhved_tf"]),
-           "inference", "--model", str(args.model), "-o", str(tmp / "first"), "--overwrite",
+    script = Path(sys.executable).with_name("uhved_tf")      # the console script, as a user runs it
+    cmd = [*([str(script)] if script.exists() else [sys.executable, "-m", "uhved_tf"]), "inference",
+           "--model", str(args.model), "-o", str(tmp / "first"), "--overwrite",
            "--set", "INFERENCE.spatial_window_size=64,64,64", "--set", f"INFERENCE.samples={args.samples}",
            *(a for m, f in files.items() for a in (f"--{m.lower()}", str(f)))]
     t0 = time.perf_counter()
