@@ -197,9 +197,12 @@ class Application:
             model = cls.from_settings(cfg.modalities, cfg.task.num_classes, cfg.network)
         finally:
             keras.config.set_dtype_policy(previous)
-        window = cfg.spatial_window_size
+        # Built by one eager call on the smallest window the network takes (2^(levels-1) voxels
+        # per axis): the weights do not depend on the window, and a training-size call (112^3)
+        # cost 3.8 s of every start-up instead of 1.0 s.
         import tensorflow as tf
-        model({"image": tf.zeros((1, *window, len(cfg.modalities))),
+        smallest = (2 ** (cfg.network.levels - 1),) * 3
+        model({"image": tf.zeros((1, *smallest, len(cfg.modalities))),
                "modality_mask": tf.ones((1, len(cfg.modalities)))}, training=False)
         return model
 
