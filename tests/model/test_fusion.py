@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import MODALITIES
 from uhved_tf.subset import subset_indices
-from uhved_tf.model.fusion import kl_to_prior, product_of_gaussians
+from uhved_tf.model.fusion import kl_to_prior, product_of_gaussians, sample_posterior, split_seed, tfp
 
 pytestmark = pytest.mark.filterwarnings("error")  # warnings as errors
 
@@ -241,3 +241,39 @@ def test_kl_of_prior_only_posterior_is_zero(rng):
     mu, logvar = random_experts(rng)
     loc, post_logvar = product_of_gaussians(mu, logvar, np.zeros((SHAPE[0], M), np.float32))
     np.testing.assert_allclose(kl_to_prior(loc, post_logvar).numpy(), 0.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed", [(0, 0), (7, 123456), (-5, 2**31 - 1)])
+@pytest.mark.parametrize("num_samples", [None, 1, 3])
+def test_sampling_is_tfps_bit_for_bit(rng, seed, num_samples):
+    """The sampler (no TFP import at inference) draws exactly TFP's numbers: split_seed as
+    tfp.random.split_seed, samples as tfd.Normal(loc, exp(logvar / 2)).sample(n, seed), so
+    models trained and predicted before keep their results."""
+    tfd = tfp().distributions
+
+    loc = tf.constant(rng.normal(size=(2, 3, 4, 5)), tf.float32)
+    logvar = tf.constant(rng.normal(size=(2, 3, 4, 5)), tf.float32)
+    seed = tf.constant(seed, tf.int32)
+    ours, theirs = split_seed(seed, 4), tfp().random.split_seed(seed, n=4)
+    np.testing.assert_array_equal(np.stack(ours), np.stack(theirs))
+    q = tfd.Normal(loc=loc, scale=tf.exp(0.5 * logvar))
+    if num_samples is None:
+        expected, got = q.sample(seed=ours[1]), sample_posterior(loc, logvar, ours[1])[0]
+    else:
+        expected, got = q.sample(num_samples, seed=ours[1]), sample_posterior(loc, logvar, ours[1], num_samples)
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    assert not np.array_equal(sample_posterior(loc, logvar, ours[2])[0].numpy(), got.numpy()[:1][0])
+
+
+def test_a_rows_samples_do_not_depend_on_the_rows_after_it(rng):
+    """axis=1 (inference's window-major samples): padding a batch with more rows leaves the
+    numbers of the rows before unchanged."""
+    loc = tf.constant(rng.normal(size=(3, 4, 5)), tf.float32)
+    logvar = tf.constant(rng.normal(size=(3, 4, 5)), tf.float32)
+    seed = tf.constant([3, 9], tf.int32)
+    full = sample_posterior(loc, logvar, seed, 6, axis=1)
+    assert full.shape == (3, 6, 4, 5)
+    for rows in (1, 2):
+        np.testing.assert_array_equal(sample_posterior(loc[:rows], logvar[:rows], seed, 6, axis=1).numpy(),
+                                      full[:rows].numpy())

@@ -177,15 +177,15 @@ def test_posterior_mean_prediction_is_softmax_of_mean_decode(model, encodings):
 
 
 def test_sampled_prediction_averages_the_single_sample_decodes(model, encodings):
-    """samples=N decodes N*B latents in one batch (sample-major); the result must be the mean of
-    the N per-sample softmaxes, each decoded on its own."""
+    """samples=N decodes B*N latents in one batch (window-major: row b*N + k is sample k of
+    window b); the result must be the mean of the N per-sample softmaxes, each decoded on its own."""
     n, seed = 3, tf.constant([5, 6])
     posteriors = model.fuse(encodings, mask_of((0, 3)))
     out = model.predict_from_posteriors(posteriors, samples=n, seed=seed)
     prob = out["seg_prob"].numpy()
     zs = model.sample(posteriors, seed, num_samples=n)
     assert [z.shape[0] for z in zs] == [n * BATCH] * LEVELS
-    singles = [tf.nn.softmax(model.decode_seg([z[i * BATCH:(i + 1) * BATCH] for z in zs]), axis=-1)
+    singles = [tf.nn.softmax(model.decode_seg([z[i::n] for z in zs]), axis=-1)
                for i in range(n)]
     assert_close(prob, np.mean(singles, axis=0), rtol=1e-5, atol=1e-6)
     assert_close(prob.sum(-1), 1.0, atol=1e-5)
@@ -216,7 +216,7 @@ def test_sample_has_the_posterior_moments():
     n = 4000
     (z,) = UHVED.sample([(loc, logvar)], tf.constant([3, 4]), num_samples=n)
     assert z.shape == (n * 2, 2, 2, 2, 3)
-    z = z.numpy().reshape((n,) + tuple(loc.shape))
+    z = np.moveaxis(z.numpy().reshape((2, n) + tuple(loc.shape[1:])), 1, 0)     # window-major rows
     sigma = np.exp(0.5 * logvar.numpy())
     # 5-sigma bounds on the Monte-Carlo mean and standard deviation (fixed seed: not flaky).
     np.testing.assert_array_less(np.abs(z.mean(0) - loc.numpy()), 5 * sigma / np.sqrt(n))

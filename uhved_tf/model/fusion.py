@@ -20,9 +20,6 @@ nor its gradient. An all-zero mask gives the prior N(0, I).
 from __future__ import annotations
 
 import tensorflow as tf
-import tensorflow_probability as tfp
-
-tfd = tfp.distributions
 
 
 def product_of_gaussians(mu, logvar, mask):
@@ -46,12 +43,39 @@ def product_of_gaussians(mu, logvar, mask):
     return loc, -(shift + tf.math.log(total))
 
 
-def posterior_distribution(loc, logvar) -> tfd.Normal:
-    """The fused posterior as a diagonal Gaussian (reparameterised sampling)."""
-    return tfd.Normal(loc=loc, scale=tf.exp(0.5 * logvar))
+def tfp():
+    """TensorFlow Probability, imported on first use (training's KL), not by inference, whose
+    start-up it cost ~1 s; without the DeprecationWarning its version check raises on import."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "distutils Version classes are deprecated", DeprecationWarning)
+        import tensorflow_probability
+    return tensorflow_probability
+
+
+def split_seed(seed, n: int) -> list:
+    """``n`` stateless seeds derived from ``seed`` ([2] int32), the same as TFP's
+    ``tfp.random.split_seed(seed, n)`` (tests/model/test_fusion.py checks it bit for bit)."""
+    seeds = tf.random.stateless_uniform([n, 2], seed=tf.cast(seed, tf.int32), minval=None, maxval=None,
+                                        dtype=tf.int32)
+    return tf.unstack(seeds)
+
+
+def sample_posterior(loc, logvar, seed, num_samples: int = 1, axis: int = 0):
+    """``num_samples`` reparameterised samples ``loc + exp(logvar / 2) * eps`` from the stateless
+    ``seed``, stacked on a new ``axis`` of ``loc``'s shape. ``axis=0`` draws the numbers of TFP's
+    ``tfd.Normal(loc, exp(logvar / 2)).sample(num_samples, seed)`` (checked bit for bit in
+    tests/model/test_fusion.py), without importing TFP, which costs ~1 s of every inference
+    start-up. ``axis=1`` puts each batch row's samples together: row ``b``'s numbers then do not
+    depend on how many rows follow it (a padded batch changes nothing for the real rows)."""
+    shape = tf.shape(loc)
+    shape = tf.concat([shape[:axis], [num_samples], shape[axis:]], axis=0)
+    eps = tf.random.stateless_normal(shape, seed=tf.cast(seed, tf.int32), mean=0.0, stddev=1.0, dtype=loc.dtype)
+    return eps * tf.expand_dims(tf.exp(0.5 * logvar), axis) + tf.expand_dims(loc, axis)
 
 
 def kl_to_prior(loc, logvar):
     """Element-wise KL(N(loc, exp(logvar)) || N(0, 1)) via TFP's closed form."""
+    tfd = tfp().distributions
     prior = tfd.Normal(loc=tf.zeros_like(loc), scale=tf.ones_like(loc))
-    return tfd.kl_divergence(posterior_distribution(loc, logvar), prior)
+    return tfd.kl_divergence(tfd.Normal(loc=loc, scale=tf.exp(0.5 * logvar)), prior)

@@ -14,13 +14,12 @@ window and any number of subsets and posterior samples reuse the encodings.
 from __future__ import annotations
 
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from uhved_tf.model.base import BaseNetwork, entropy
 from uhved_tf.model.blocks import Configurable
 from uhved_tf.model.decoders import UNetDecoder
 from uhved_tf.model.encoders import MultiModalEncoder
-from uhved_tf.model.fusion import posterior_distribution, product_of_gaussians
+from uhved_tf.model.fusion import product_of_gaussians, sample_posterior, split_seed
 
 
 class UHVED(Configurable, BaseNetwork):
@@ -67,17 +66,19 @@ class UHVED(Configurable, BaseNetwork):
     def sample(posteriors, seed, num_samples=None):
         """Reparameterised samples z = loc + sigma * eps of every scale (stateless, from ``seed``).
 
-        ``num_samples`` None gives one sample with the posterior's shape; an int N gives
-        [N * B, ...] (sample-major), ready for one batched decoder call.
+        ``num_samples`` None gives one sample with the posterior's shape (training); an int N
+        gives [B * N, ...], window-major (row ``b * N + k`` is sample ``k`` of window ``b``),
+        ready for one batched decoder call: a window's samples do not depend on the windows
+        after it in the batch, so padding a short last batch changes nothing.
         """
-        seeds = tfp.random.split_seed(tf.cast(seed, tf.int32), n=len(posteriors))
-        qs = [(posterior_distribution(loc, logvar), loc, s) for (loc, logvar), s in zip(posteriors, seeds)]
+        seeds = split_seed(seed, len(posteriors))
         if num_samples is None:
-            return [q.sample(seed=s) for q, _, s in qs]
-        # The static batch (samples x windows) is kept, so the decoder's norms can use the fused kernel.
-        return [tf.ensure_shape(tf.reshape(q.sample(num_samples, seed=s), tf.concat([[-1], tf.shape(loc)[1:]], axis=0)),
+            return [sample_posterior(loc, logvar, s)[0] for (loc, logvar), s in zip(posteriors, seeds)]
+        # The static batch (windows x samples) is kept, so the decoder's norms can use the fused kernel.
+        return [tf.ensure_shape(tf.reshape(sample_posterior(loc, logvar, s, num_samples, axis=1),
+                                           tf.concat([[-1], tf.shape(loc)[1:]], axis=0)),
                                 [None if loc.shape[0] is None else num_samples * loc.shape[0], *loc.shape[1:]])
-                for q, loc, s in qs]
+                for (loc, logvar), s in zip(posteriors, seeds)]
 
     def decode_seg(self, zs):
         return self.seg_decoder([tf.cast(z, self.compute_dtype) for z in zs])
@@ -115,8 +116,8 @@ class UHVED(Configurable, BaseNetwork):
         if samples and samples > 0:
             seed = tf.constant([0, 0], tf.int32) if seed is None else seed
             prob = tf.nn.softmax(self.decode_seg(self.sample(posteriors, seed, num_samples=samples)), axis=-1)
-            shape = tf.concat([[samples, tf.shape(means[0])[0]], tf.shape(prob)[1:]], axis=0)
-            prob = tf.reduce_mean(tf.reshape(prob, shape), axis=0)
+            shape = tf.concat([[tf.shape(means[0])[0], samples], tf.shape(prob)[1:]], axis=0)
+            prob = tf.reduce_mean(tf.reshape(prob, shape), axis=1)
         else:
             prob = tf.nn.softmax(self.decode_seg(means), axis=-1)
         return {"seg_prob": prob, **out, "uncertainty": entropy(prob)}
