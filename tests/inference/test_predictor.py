@@ -58,19 +58,42 @@ def test_tta_averages_the_mirrored_predictions(model):
         np.testing.assert_allclose(tta[s]["seg_prob"], expected[s], rtol=1e-5, atol=1e-6)
 
 
-def test_a_static_batch_with_a_padded_last_batch_gives_the_dynamic_batch_outputs(model, volume):
-    """batch_size fixes the traced batch (fused instance norms); the last, shorter batch is padded.
-    (The posterior mean: with samples, the padded batch draws its noise for 3 windows, not 2.)"""
+@pytest.mark.parametrize("samples", [0, 2])
+def test_a_static_batch_with_a_padded_last_batch_gives_the_dynamic_batch_outputs(model, volume, samples):
+    """batch_size fixes the traced batch (fused instance norms); the last, shorter batch is padded
+    (with samples too: a window's samples do not depend on the windows after it)."""
     mask = subset_masks(4)[[2, 14]]
-    dynamic = predict_volume(WindowPredictor(model, mask, samples=0, seed=3), volume, (8, 8, 8), batch_size=3)
-    static_predictor = WindowPredictor(model, mask, samples=0, seed=3, batch_size=3)
+    dynamic = predict_volume(WindowPredictor(model, mask, samples=samples, seed=3), volume, (8, 8, 8),
+                             batch_size=3)
+    static_predictor = WindowPredictor(model, mask, samples=samples, seed=3, batch_size=3)
     static = predict_volume(static_predictor, volume, (8, 8, 8), batch_size=3)
     assert static_predictor.calls == 3                           # 8 windows: 3 + 3 + 2 (padded)
+    assert set(static_predictor._fns) == {3}
     for s in range(2):
         for key in ("seg_prob", "synth", "uncertainty"):
             np.testing.assert_allclose(static[s][key], dynamic[s][key], rtol=1e-4, atol=2e-5)
     with pytest.raises(ValueError, match="at most 3"):
         static_predictor(np.zeros((4, 8, 8, 8, 4), np.float32))
+
+
+def test_a_case_with_fewer_windows_than_the_batch_computes_only_its_windows(model, volume):
+    """A batch size larger than the case's window count traces the count (no padded work); later
+    cases with more windows trace the full batch, and the result of a case does not depend on
+    which batch sizes were traced before it."""
+    mask = subset_masks(4)[-1:]
+    small, four = volume[:8, :8, :8], volume[:, :, :8]          # one 8^3 window; 2 x 2 x 1 windows
+    predictor = WindowPredictor(model, mask, samples=2, seed=3, batch_size=3)
+    one = predict_volume(predictor, small, (8, 8, 8), batch_size=3)[0]
+    assert set(predictor._fns) == {1}
+    first = predict_volume(predictor, four, (8, 8, 8), batch_size=3)[0]     # 3, then 1 (traced: not padded)
+    assert set(predictor._fns) == {1, 3} and predictor.calls == 3
+    fresh = WindowPredictor(model, mask, samples=2, seed=3, batch_size=3)
+    fresh.calls = 1                                              # the same call indices (sampling seeds)
+    again = predict_volume(fresh, four, (8, 8, 8), batch_size=3)[0]          # 3, then 1 padded to 3
+    assert set(fresh._fns) == {3}
+    for key in ("seg_prob", "synth", "uncertainty"):
+        np.testing.assert_allclose(first[key], again[key], rtol=1e-4, atol=2e-5)
+    assert one["seg_prob"].shape == (8, 8, 8, first["seg_prob"].shape[-1])
 
 
 def test_outputs_not_asked_for_are_not_computed(model, volume):

@@ -45,13 +45,23 @@ class WindowPredictor:
         self.outputs = tuple(outputs)
         self.calls = 0
         # A batch size known when tracing lets the instance norms use the fused kernel (see
-        # blocks.InstanceNorm); a shorter last batch is padded up to it.
+        # blocks.InstanceNorm). ``batch_size`` is the largest batch; a function is traced per
+        # batch size actually needed: a shorter batch is padded up to the smallest traced batch
+        # that holds it, and traces its own size only when none does (a case with fewer windows
+        # than ``batch_size`` computes its windows, not a padded batch).
         self.batch_size = batch_size
-        window_spec = tf.TensorSpec([batch_size, None, None, None, int(masks.shape[1])], tf.float32)
-        # No AutoGraph: the step has no Python control flow on tensors (subsets loop in map_fn), and
-        # converting every layer's call cost ~1 s of the trace (2.5-2.8 -> 1.5-1.8 s at 64^3).
-        self._fn = tf.function(self._predict, input_signature=[window_spec, tf.TensorSpec([2], tf.int64)],
-                               autograph=False)
+        self._fns: dict = {}
+        self.window_channels = int(masks.shape[1])
+
+    def _function(self, batch):
+        if batch not in self._fns:
+            window_spec = tf.TensorSpec([batch, None, None, None, self.window_channels], tf.float32)
+            # No AutoGraph: the step has no Python control flow on tensors (subsets loop in
+            # map_fn), and converting every layer's call cost ~1 s of the trace (2.5-2.8 -> 1.5-1.8 s
+            # at 64^3).
+            self._fns[batch] = tf.function(self._predict, autograph=False,
+                                           input_signature=[window_spec, tf.TensorSpec([2], tf.int64)])
+        return self._fns[batch]
 
     def _predict(self, windows, seed):
         masks = tf.tile(self.subset_masks[:, None, :], [1, tf.shape(windows)[0], 1])
@@ -62,11 +72,14 @@ class WindowPredictor:
         seed = tf.constant([self.seed, self.calls], tf.int64)
         self.calls += 1
         n = len(windows)
-        if self.batch_size is not None and n != self.batch_size:
+        batch = None
+        if self.batch_size is not None:
             if n > self.batch_size:
                 raise ValueError(f"{n} windows in one call; this predictor takes at most {self.batch_size}")
-            windows = np.concatenate([windows, np.zeros((self.batch_size - n, *windows.shape[1:]), windows.dtype)])
-        out = self._fn(tf.convert_to_tensor(windows, tf.float32), seed)
+            batch = min((b for b in self._fns if b >= n), default=n)
+            if batch != n:
+                windows = np.concatenate([windows, np.zeros((batch - n, *windows.shape[1:]), windows.dtype)])
+        out = self._function(batch)(tf.convert_to_tensor(windows, tf.float32), seed)
         return {f"{k}/{s}": v[:n] for k, t in out.items() for s, v in enumerate(t.numpy())}
 
 
