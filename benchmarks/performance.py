@@ -34,11 +34,13 @@ calls it).
    graph optimisation + first step, a later step, and the peak RSS (``VmHWM``) after two steps.
    Targets: time to first step (trace + first step) <= 10 s and peak RSS <= 3 GB at 64^3; one
    training step at the paper's 112^3 window fits in 12 GB.
-4. **Inference**: all 15 modality subsets predicted with encode-once against one subset (target
-   <= 3x; the cost split into encoders and per-subset decoding gives the lowest ratio any sharing
-   can reach), 10 posterior samples against the posterior mean (target <= 2x; the cost split into
-   encoders, image decoders, segmentation decoders and sampling gives its bound too), both on one
-   64^3 window through the sliding window, and seconds per case for a BraTS-size volume
+4. **Inference**: all 15 modality subsets predicted with encode-once against one subset, and 10
+   posterior samples against the posterior mean, both on one 64^3 window through the sliding
+   window; each ratio's target is within 5 % of its floor, measured in the same run: for the
+   subsets (E + 15 D) / (E + D) from the encoders' cost E and one subset's fusion + decoders D
+   (what any sharing of the encoders can reach), for the samples (E + I + S_10) / (E + I + S)
+   from the encoders E, the image decoders I and the segmentation decoder on one latent (S) and
+   on 10 in one batch (S_10), i.e. drawing the samples for free (it is printed too); then and seconds per case for a BraTS-size volume
    (240x240x155, four modalities) with the inference window, overlap, border and samples of the
    config.
 
@@ -521,12 +523,18 @@ def inference(report, app, model, sizes):
           f"{inf.samples} samples {sampled:.3f} s")
     print(f"   per window: encoders E {e * 1000:.0f} ms, fusion + 5 decoders D {d * 1000:.0f} ms per subset -> "
           f"lowest possible {n}-subset ratio (E + {n} D) / (E + D) = {(e + n * d) / (e + d):.2f}")
-    report.figure(f"{n} subsets / one subset (encode once)", every / one, f"{every / one:.2f}x", "<= 3x",
-                  lambda v: v <= 3)
+    # The targets: each ratio within 5 % of the lowest the network's own costs allow (issue 19;
+    # the first targets, <= 3x and <= 2x, were below these floors).
+    floor = (e + n * d) / (e + d)
+    report.figure(f"{n} subsets / one subset (encode once)", every / one,
+                  f"{every / one:.2f}x (floor {floor:.2f}x)", "<= 1.05 floor", lambda v: v <= 1.05 * floor)
+    label = f"{inf.samples} samples / posterior mean"
     if inf.samples and hasattr(model, "decode_seg"):
-        sample_costs(model, w, inf.samples, sizes.repeats)
-    report.figure(f"{inf.samples} samples / posterior mean", sampled / one, f"{sampled / one:.2f}x", "<= 2x",
-                  lambda v: v <= 2)
+        free = sample_costs(model, w, inf.samples, sizes.repeats)
+        report.figure(label, sampled / one, f"{sampled / one:.2f}x (floor {free:.2f}x)", "<= 1.05 floor",
+                      lambda v: v <= 1.05 * free)
+    else:
+        report.figure(label, sampled / one, f"{sampled / one:.2f}x")
 
     window = tuple(cfg.inference.spatial_window_size)
     batch_size = 1
@@ -568,6 +576,7 @@ def sample_costs(model, window, samples, repeats):
           f"= S_{samples} ({sn / s1:.1f} S), drawing the samples R {r * 1000:.0f} ms -> the parts added up "
           f"(E + I + R + S_{samples}) / (E + I + S) = {(e + i + r + sn) / (e + i + s1):.2f}; even with free "
           f"sampling (E + I + S_{samples}) / (E + I + S) = {(e + i + sn) / (e + i + s1):.2f}")
+    return (e + i + sn) / (e + i + s1)
 
 
 # --- main ---------------------------------------------------------------------------------------------
