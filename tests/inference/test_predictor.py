@@ -68,7 +68,7 @@ def test_a_static_batch_with_a_padded_last_batch_gives_the_dynamic_batch_outputs
     static_predictor = WindowPredictor(model, mask, samples=samples, seed=3, batch_size=3)
     static = predict_volume(static_predictor, volume, (8, 8, 8), batch_size=3)
     assert static_predictor.calls == 3                           # 8 windows: 3 + 3 + 2 (padded)
-    assert set(static_predictor._fns) == {3}
+    assert set(static_predictor.traced_batches) == {3}
     for s in range(2):
         for key in ("seg_prob", "synth", "uncertainty"):
             np.testing.assert_allclose(static[s][key], dynamic[s][key], rtol=1e-4, atol=2e-5)
@@ -84,13 +84,13 @@ def test_a_case_with_fewer_windows_than_the_batch_computes_only_its_windows(mode
     small, four = volume[:8, :8, :8], volume[:, :, :8]          # one 8^3 window; 2 x 2 x 1 windows
     predictor = WindowPredictor(model, mask, samples=2, seed=3, batch_size=3)
     one = predict_volume(predictor, small, (8, 8, 8), batch_size=3)[0]
-    assert set(predictor._fns) == {1}
+    assert set(predictor.traced_batches) == {1}
     first = predict_volume(predictor, four, (8, 8, 8), batch_size=3)[0]     # 3, then 1 (traced: not padded)
-    assert set(predictor._fns) == {1, 3} and predictor.calls == 3
+    assert set(predictor.traced_batches) == {1, 3} and predictor.calls == 3
     fresh = WindowPredictor(model, mask, samples=2, seed=3, batch_size=3)
     fresh.calls = 1                                              # the same call indices (sampling seeds)
     again = predict_volume(fresh, four, (8, 8, 8), batch_size=3)[0]          # 3, then 1 padded to 3
-    assert set(fresh._fns) == {3}
+    assert set(fresh.traced_batches) == {3}
     for key in ("seg_prob", "synth", "uncertainty"):
         np.testing.assert_allclose(first[key], again[key], rtol=1e-4, atol=2e-5)
     assert one["seg_prob"].shape == (8, 8, 8, first["seg_prob"].shape[-1])

@@ -53,6 +53,11 @@ class WindowPredictor:
         self._fns: dict = {}
         self.window_channels = int(masks.shape[1])
 
+    @property
+    def traced_batches(self) -> list:
+        """The window batch sizes traced so far (None: a dynamic batch)."""
+        return list(self._fns)
+
     def _function(self, batch):
         if batch not in self._fns:
             window_spec = tf.TensorSpec([batch, None, None, None, self.window_channels], tf.float32)
