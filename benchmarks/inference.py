@@ -336,6 +336,12 @@ def main(argv=None):
         return (worker_ours if args.worker == "ours" else worker_twin)(args)
     if args.quick:
         args.shape, args.window, args.repeats = "96,96,72", 48, 1
+    missing = twin_missing(args.twin_python)
+    if missing:
+        print(f"benchmarks/inference.py: the MONAI twin needs torch and monai in --twin-python {args.twin_python} "
+              f"({missing}); install them in a separate environment with `pip install -r "
+              f"benchmarks/requirements-twin.txt` and pass its python", file=sys.stderr)
+        return 2
 
     sys.path.insert(0, str(REPO))
     from uhved_tf.demo.synthetic import make_demo_dataset
@@ -401,6 +407,17 @@ def main(argv=None):
     print(f"inference: ours {ours_s:.1f} s, monai twin {twin_s:.1f} s, ratio {twin_s / ours_s:.2f}")  # twin / ours
 
 
+def twin_missing(python) -> str:
+    """Why ``python`` cannot run the twin (torch or monai not importable), or "" when it can."""
+    try:
+        proc = subprocess.run([python, "-c", "import torch, monai"], capture_output=True, text=True, timeout=120)
+    except OSError as exc:
+        return f"cannot run it: {exc.strerror or exc}"
+    if proc.returncode:
+        return (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+    return ""
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -412,4 +429,4 @@ def cpu_name() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

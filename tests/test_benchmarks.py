@@ -32,3 +32,16 @@ def test_inference_subsets_benchmark_prints_all_ratios():
     for text in (" 2 subsets, encode once:", "lowest possible ratio", "one subset, 10 samples:",
                   " 2 separate runs:", "one run for the  2 subsets:"):
         assert text in out, out
+
+
+def test_inference_benchmark_without_torch_says_what_to_install(tmp_path):
+    """torch and monai are never CI dependencies: without them the MONAI comparison stops at once
+    with one line naming the interpreter and the requirements file, before any work."""
+    missing = tmp_path / "no-python"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "benchmarks/inference.py", "--quick", "--twin-python", str(missing)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert str(missing) in lines[0] and "benchmarks/requirements-twin.txt" in lines[0], lines[0]
