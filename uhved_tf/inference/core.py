@@ -18,14 +18,15 @@ from types import SimpleNamespace
 
 import tensorflow as tf
 
-from uhved_tf.inference.sliding_window import axis_pads, axis_starts, blending_weights, cover_starts, window_steps
+from uhved_tf.inference.sliding_window import axis_pads, blending_weights, plan_starts, window_steps
 from uhved_tf.model.base import entropy
 
 #: Test-time augmentation: every combination of mirroring the three spatial axes (nnU-Net's).
 TTA_FLIPS = ((), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2))
 
 # The NumPy ops sliding_window's geometry helpers use, as TensorFlow ops (sizes are tensors here).
-_TF = SimpleNamespace(maximum=tf.maximum, minimum=tf.minimum, arange=tf.range)
+_TF = SimpleNamespace(maximum=tf.maximum, minimum=tf.minimum, arange=tf.range,
+                      fewer=lambda a, b: tf.cond(tf.size(a) < tf.size(b), lambda: a, lambda: b))
 
 
 def subset_code(masks):
@@ -66,7 +67,7 @@ def predict_window_batch(model, windows, masks, seed, call, samples: int = 0, fl
     encode_once = hasattr(model, "encode") and hasattr(model, "predict_from_posteriors")
     seed, call = tf.cast(seed, tf.int64), tf.cast(call, tf.int64)
     codes = subset_code(masks[:, 0])
-    wanted, result = outputs, {}
+    result = {}
     weight = 1.0 / len(flips)
     for f_index, flip in enumerate(flips):
         axes = [a + 1 for a in flip]
@@ -92,7 +93,7 @@ def predict_window_batch(model, windows, masks, seed, call, samples: int = 0, fl
         for k, v in stacked.items():
             v = tf.reverse(v, axis=[a + 1 for a in axes]) if axes else v
             result[k] = result[k] + weight * v if k in result else weight * v
-    if "uncertainty" in wanted:
+    if "uncertainty" in outputs:
         result["uncertainty"] = entropy(result["seg_prob"])[..., None]
     return result
 
@@ -118,12 +119,8 @@ def sliding_window_graph(image, window, predict, channels: int, *, overlap=0.5, 
     found = tf.shape(inside)[0] > 0
     lo = tf.where(found, tf.reduce_min(inside, axis=0), tf.zeros([3], tf.int32))
     hi = tf.where(found, tf.reduce_max(inside, axis=0) + 1, spatial)
-    starts = []
-    for a in range(3):              # sliding_window.plan_starts: the box's windows only when fewer
-        box = cover_starts(lo[a] + pads[a, 0] - border[a], hi[a] + pads[a, 0] + border[a], padded_shape[a],
-                           window[a], steps[a], _TF)
-        whole = axis_starts(padded_shape[a], window[a], steps[a], _TF)
-        starts.append(tf.cond(tf.size(box) < tf.size(whole), lambda box=box: box, lambda whole=whole: whole))
+    starts = [plan_starts(lo[a] + pads[a, 0] - border[a], hi[a] + pads[a, 0] + border[a], padded_shape[a],
+                          window[a], steps[a], _TF) for a in range(3)]
     positions = tf.reshape(tf.stack(tf.meshgrid(*starts, indexing="ij"), axis=-1), [-1, 3])  # C order
     total = tf.shape(positions)[0]
     window_size = [*window, image.shape[-1]]

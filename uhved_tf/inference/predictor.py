@@ -51,7 +51,6 @@ class WindowPredictor:
         # than ``batch_size`` computes its windows, not a padded batch).
         self.batch_size = batch_size
         self._fns: dict = {}
-        self.window_channels = int(masks.shape[1])
 
     @property
     def traced_batches(self) -> list:
@@ -60,7 +59,7 @@ class WindowPredictor:
 
     def _function(self, batch):
         if batch not in self._fns:
-            window_spec = tf.TensorSpec([batch, None, None, None, self.window_channels], tf.float32)
+            window_spec = tf.TensorSpec([batch, None, None, None, self.subset_masks.shape[-1]], tf.float32)
             # No AutoGraph: the step has no Python control flow on tensors (subsets loop in
             # map_fn), and converting every layer's call cost ~1 s of the trace (2.5-2.8 -> 1.5-1.8 s
             # at 64^3).

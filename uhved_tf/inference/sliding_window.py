@@ -49,9 +49,8 @@ MIN_GAUSSIAN_WEIGHT = 1e-3
 """Floor of the Gaussian weights (relative to their maximum 1) inside a window's valid region, so no
 voxel of a window's valid output is ignored and the weighted average is defined everywhere."""
 
-__all__ = ["BLEND_MODES", "axis_pads", "axis_starts", "cover_starts", "plan_starts", "nonzero_box", "multiple_pads", "window_steps",
-           "window_starts",
-           "grid_positions", "blending_weights", "pad_to_multiple", "sliding_window_inference"]
+__all__ = ["BLEND_MODES", "axis_pads", "axis_starts", "cover_starts", "plan_starts", "nonzero_box", "multiple_pads",
+           "window_steps", "window_starts", "grid_positions", "blending_weights", "pad_to_multiple", "sliding_window_inference"]
 
 
 def _is_int(value) -> bool:
@@ -125,11 +124,15 @@ def cover_starts(lo, hi, size, window: int, step: int, xp=np):
     return first + axis_starts(hi - lo + extra, window, step, xp)
 
 
-def plan_starts(lo, hi, size: int, window: int, step: int) -> list[int]:
+def plan_starts(lo, hi, size, window: int, step: int, xp=np):
     """The window starts of one axis: those covering the box ``[lo, hi)`` when they are fewer than
     those tiling the whole axis, else the whole axis's (MONAI's and nnU-Net's positions), so the
-    box only ever removes windows."""
-    box, whole = cover_starts(lo, hi, size, window, step), axis_starts(size, window, step)
+    box only ever removes windows. A list of ints with NumPy; with the TensorFlow namespace of
+    :mod:`uhved_tf.inference.core` (sizes are tensors) a tensor, chosen by its ``fewer``."""
+    box, whole = cover_starts(lo, hi, size, window, step, xp), axis_starts(size, window, step, xp)
+    fewer = getattr(xp, "fewer", None)
+    if fewer is not None:
+        return fewer(box, whole)
     return (box if len(box) < len(whole) else whole).tolist()
 
 
